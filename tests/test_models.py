@@ -217,3 +217,22 @@ def test_presets_have_the_published_sizes():
     assert abs(models.preset("llama2_7b").num_params() / 1e9 - 6.74) < 0.01
     assert abs(models.preset("mistral_7b_v01").num_params() / 1e9 - 7.24) < 0.01
     assert abs(models.preset("llama3_8b").num_params() / 1e9 - 8.03) < 0.01
+
+
+def test_convert_cli(tmp_path):
+    import subprocess
+    import sys
+
+    hf = tiny_hf_model("mistral", seed=2)
+    src = str(tmp_path / "src")
+    hf.save_pretrained(src)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "jaxpref.convert", *a], capture_output=True, text=True,
+                                    timeout=300)
+    out = run("hf-to-flax", "--src", src, "--dst", str(tmp_path / "flax"))
+    assert out.returncode == 0, out.stderr
+    out = run("flax-to-hf", "--src", str(tmp_path / "flax"), "--dst", str(tmp_path / "back"))
+    assert out.returncode == 0, out.stderr
+    a, b = load_file(os.path.join(src, "model.safetensors")), load_file(str(tmp_path / "back" / "model.safetensors"))
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    bad = run("hf-to-flax", "--src", str(tmp_path / "missing"), "--dst", str(tmp_path / "x"))
+    assert bad.returncode == 1 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr

@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import re
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -159,16 +159,46 @@ def _weight_files(hf_dir: str) -> tuple[list[str], str]:
     )
 
 
+def _safetensors_dtypes() -> dict[str, np.dtype]:
+    import ml_dtypes
+
+    return {"F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+            "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
+            "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(bool)}
+
+
+def _read_safetensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
+    """Read a safetensors file tensor by tensor with plain ``readinto`` (no mmap).
+
+    ``safetensors.safe_open`` memory-maps the file, and every mapped page read counts towards the
+    process's resident memory until the file is closed -- a whole shard on top of the converted
+    params. Reading each tensor into its own buffer keeps the peak at the params plus one tensor.
+    The format is an 8-byte little-endian header size, a JSON header, then the raw tensor bytes.
+    """
+    dtypes = _safetensors_dtypes()
+    with open(path, "rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_size))
+        header.pop("__metadata__", None)
+        base = 8 + header_size
+        for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            if info["dtype"] not in dtypes:
+                raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}.")
+            start, end = info["data_offsets"]
+            out = np.empty(info["shape"], dtype=dtypes[info["dtype"]])
+            if out.nbytes != end - start:
+                raise CheckpointError(f"{path}: tensor {name!r} is {end - start} bytes, expected {out.nbytes}.")
+            f.seek(base + start)
+            f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
+            yield name, out
+
+
 def iter_hf_tensors(hf_dir: str) -> Iterator[tuple[str, np.ndarray]]:
     """Yield ``(name, numpy array)`` one tensor at a time, in file order."""
     files, fmt = _weight_files(hf_dir)
     if fmt == "safetensors":
-        from safetensors import safe_open
-
         for path in files:
-            with safe_open(path, framework="numpy") as f:
-                for name in f.keys():
-                    yield name, f.get_tensor(name)
+            yield from _read_safetensors(path)
     else:
         try:
             import torch
@@ -257,15 +287,62 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 # ---- writing -----------------------------------------------------------------------------------------
 
 
-def flax_to_hf_tensors(params: dict, config: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield ``(HF name, numpy array)`` in HF layout, one tensor at a time."""
+class _PendingTensor(NamedTuple):
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    produce: Callable[[], np.ndarray]  # builds the HF-layout array only when it is written
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+def _pending_hf_tensors(params: dict, config: ModelConfig, dtype: Any) -> list[_PendingTensor]:
+    """Every HF tensor's name, shape and dtype, computed without materialising any converted array."""
+    import jax
+
     rules = _rules(config)
+    out = []
     for path, value in _flatten(params).items():
         renamed = _rename(path, rules, 1)
         if renamed is None:
             raise CheckpointError(f"Parameter {path!r} has no Hugging Face name; is this a jaxpref Llama params tree?")
         name, to_hf = renamed
-        yield name, np.ascontiguousarray(to_hf(np.asarray(value)))
+        stored = np.dtype(dtype or value.dtype)
+        shape = tuple(jax.eval_shape(to_hf, jax.ShapeDtypeStruct(value.shape, value.dtype)).shape)
+
+        def produce(value=value, to_hf=to_hf, stored=stored):
+            return np.ascontiguousarray(to_hf(np.asarray(value)), dtype=stored)
+
+        out.append(_PendingTensor(name, shape, stored, produce))
+    return out
+
+
+def flax_to_hf_tensors(params: dict, config: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield ``(HF name, numpy array)`` in HF layout, one tensor at a time."""
+    for t in _pending_hf_tensors(params, config, None):
+        yield t.name, t.produce()
+
+
+def _write_safetensors(path: str, tensors: list[_PendingTensor]) -> None:
+    """Write a safetensors file one tensor at a time (``safetensors.numpy.save_file`` needs them all in memory)."""
+    codes = {v: k for k, v in _safetensors_dtypes().items()}
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for t in tensors:
+        header[t.name] = {"dtype": codes[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data section starts 8-byte aligned, as the reference writer does
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for t in tensors:
+            arr = t.produce()
+            if arr.shape != t.shape:
+                raise CheckpointError(f"{t.name}: produced shape {arr.shape}, planned {t.shape}.")
+            f.write(memoryview(arr.reshape(-1).view(np.uint8)))
 
 
 def save_hf_checkpoint(
@@ -280,43 +357,37 @@ def save_hf_checkpoint(
     """Write ``params`` as a HF checkpoint directory: sharded safetensors + index + ``config.json``.
 
     ``dtype`` (default: the params' own) sets the stored dtype. ``extra_tensors`` are written as-is
-    (used for a reward model's scalar head). Returns ``out_dir``.
+    (used for a reward model's scalar head). Tensors are converted and written one at a time, so peak
+    host memory is the params plus one tensor. Returns ``out_dir``.
     """
     import ml_dtypes
-    from safetensors.numpy import save_file
 
     os.makedirs(out_dir, exist_ok=True)
-    shards: list[dict[str, np.ndarray]] = [{}]
+    pending = _pending_hf_tensors(params, config, dtype)
+    for name, arr in (extra_tensors or {}).items():
+        arr = np.asarray(arr)
+        pending.append(_PendingTensor(name, arr.shape, arr.dtype, lambda arr=arr: np.ascontiguousarray(arr)))
+    shards: list[list[_PendingTensor]] = [[]]
     size = 0
-    total = 0
-    stored_dtype = None
-
-    def tensors():
-        yield from flax_to_hf_tensors(params, config)
-        yield from (extra_tensors or {}).items()
-
-    for name, arr in tensors():
-        if dtype is not None:
-            arr = arr.astype(dtype)
-        stored_dtype = stored_dtype or arr.dtype
-        if size and size + arr.nbytes > max_shard_bytes:
-            shards.append({})
+    for t in pending:
+        if size and size + t.nbytes > max_shard_bytes:
+            shards.append([])
             size = 0
-        shards[-1][name] = arr
-        size += arr.nbytes
-        total += arr.nbytes
+        shards[-1].append(t)
+        size += t.nbytes
 
     weight_map = {}
     n = len(shards)
     for i, shard in enumerate(shards):
         fname = SAFE_SINGLE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-        save_file(shard, os.path.join(out_dir, fname), metadata={"format": "pt"})
-        weight_map.update({k: fname for k in shard})
+        _write_safetensors(os.path.join(out_dir, fname), shard)
+        weight_map.update({t.name: fname for t in shard})
     if n > 1:
+        total = sum(t.nbytes for t in pending)
         with open(os.path.join(out_dir, SAFE_INDEX), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, f, indent=2)
     torch_dtype = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16",
-                   np.dtype(ml_dtypes.bfloat16): "bfloat16"}.get(np.dtype(stored_dtype), "float32")
+                   np.dtype(ml_dtypes.bfloat16): "bfloat16"}.get(pending[0].dtype, "float32")
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config.to_hf_dict(torch_dtype), f, indent=2)
     return out_dir
