@@ -3,8 +3,15 @@
 A batch holds ``P`` pairs (``pairs_per_batch``, global) as numpy arrays::
 
     input_ids, attention_mask, positions, segment_ids, loss_mask, sequence_ids   [R, L] int32
+    score_index, score_mask                                                       [R, W] int32
     pair_weight [P] float32 (0 = padding pair), pair_index [P] int32 (-1 = padding)
     chosen_lengths, rejected_lengths [P] float32 (response tokens)
+
+``score_index[r]`` lists the positions ``t`` of row ``r`` (in the next-token frame: hidden state ``t``
+predicts token ``t + 1``) whose targets are response tokens, left-compacted and padded (``score_mask``
+0). The trainer applies the LM head only there: completion tokens are about a third of the real tokens
+and the vocabulary projection is the largest matmul. ``W`` is the smallest bucket that holds the
+batch's longest response (``L - 1`` when packing).
 
 Sequence ``2i`` is pair ``i``'s chosen response, ``2i + 1`` its rejected one; ``sequence_ids`` says
 which sequence each token belongs to (``2P`` on padding), so per-sequence log-probs are one
@@ -230,6 +237,19 @@ class PairBatcher:
                 arrays["loss_mask"][row, start + len(p.prompt_ids):start + n] = 1
                 arrays["sequence_ids"][row, sl] = 2 * (first_pair + j) + k
                 fill[row] += n
+        if self.options.packing:
+            score_width = width - 1
+        else:  # the global batch's longest response, so every host agrees on W
+            longest_response = max((max(len(self.pairs[i].chosen_ids), len(self.pairs[i].rejected_ids))
+                                    for i in indices if i >= 0), default=1)
+            score_width = min(next(b for b in self.buckets if b >= longest_response), width - 1)
+        targets = arrays["loss_mask"][:, 1:]
+        arrays["score_index"] = np.zeros((rows, score_width), np.int32)
+        arrays["score_mask"] = np.zeros((rows, score_width), np.int32)
+        for r in range(rows):
+            where = np.flatnonzero(targets[r])
+            arrays["score_index"][r, :len(where)] = where
+            arrays["score_mask"][r, :len(where)] = 1
         arrays.update(pair_weight=weight, pair_index=index, chosen_lengths=lengths[0], rejected_lengths=lengths[1])
         return arrays
 

@@ -1,0 +1,93 @@
+"""The base run config: every key jaxpref reads, with its default and meaning.
+
+Config files in ``configs/`` start from :func:`base_config` and override what they need; the command
+line overrides further (``--config.train.learning_rate=5e-7``).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.algorithm = "dpo"  # dpo | ropo | reward_conditioned | apo
+    c.seed = 0  # seeds model init, data order, eval split, label flips and sampling
+
+    c.model = ml_collections.ConfigDict()
+    c.model.hf_dir = ""  # local Hugging Face model directory (config.json + safetensors); wins over preset
+    c.model.preset = ""  # or a jaxpref.models.PRESETS name, randomly initialised from `seed`
+    c.model.overrides = ml_collections.ConfigDict()  # ModelConfig fields replacing the preset's (e.g. vocab_size)
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+    c.model.param_dtype = "float32"  # parameter dtype: float32 | bfloat16
+    c.model.remat_policy = "none"  # none | full | dots | dots_with_no_batch_dims
+
+    c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.path = "mistral"  # "mistral" (shipped, offline), a HF tokenizer directory, or a .model file
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train_path = "hh"  # "hh" = shipped Anthropic HH sample; or .jsonl(.gz)/.parquet/.arrow/save_to_disk dir
+    c.data.format = "auto"  # auto | explicit | implicit | conversational
+    c.data.skip_invalid = True  # skip (count, report) bad rows instead of stopping
+    c.data.max_rows = ml_collections.FieldReference(None, field_type=int)  # use only the first N valid rows
+    c.data.eval_path = ""  # held-out pairs file; else eval_fraction of the train file
+    c.data.eval_fraction = 0.0  # seeded fraction of train rows held out for evaluation
+    c.data.flip_rate = 0.0  # inject symmetric label noise into the train rows (ground truth recorded)
+    c.data.max_length = 512  # prompt + response tokens (keep_start truncation, as TRL 1.16)
+    c.data.max_prompt_length = 256  # prompt tokens (truncation per prompt_truncation)
+    c.data.prompt_truncation = "keep_end"  # keep_end | keep_start
+    c.data.buckets = (128, 256, 512)  # padded lengths; XLA compiles one program per bucket
+    c.data.sort_window = 8  # sort by length within windows of this many batches (less padding); 0 = off
+    c.data.packing = False  # pack whole pairs into rows of the largest bucket
+    c.data.rows_per_batch = ml_collections.FieldReference(None, field_type=int)  # packed rows per batch
+
+    c.train = ml_collections.ConfigDict()
+    c.train.pairs_per_batch = 8  # global pairs per micro-batch (multiple of mesh data x fsdp)
+    c.train.grad_accum_steps = 1  # micro-batches per optimizer step (exact accumulation)
+    c.train.num_steps = 0  # optimizer steps; 0 = num_epochs over the data
+    c.train.num_epochs = 1.0
+    c.train.learning_rate = 5e-7
+    c.train.schedule = "cosine"  # cosine | linear | constant (after warmup)
+    c.train.warmup_steps = 0  # or warmup_ratio of the total steps
+    c.train.warmup_ratio = 0.1
+    c.train.weight_decay = 0.0
+    c.train.adam_b1 = 0.9
+    c.train.adam_b2 = 0.999
+    c.train.adam_eps = 1e-8
+    c.train.max_grad_norm = 1.0  # global-norm clipping; 0 = off
+    c.train.vocab_chunk = 8192  # vocabulary chunk of the fused LM-head log-softmax
+    c.train.log_every = 1
+    c.train.eval_every = 0  # steps between evaluations on the eval split; 0 = only at the end
+    c.train.save_every = 0  # steps between checkpoints (always one at the end); 0 = end only
+    c.train.keep_checkpoints = 2
+    c.train.async_checkpointing = True
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.type = "sigmoid"  # any jaxpref.losses.DPO_LOSS_TYPES name (or a list, with loss_weights)
+    c.loss.loss_weights = ()
+    c.loss.beta = 0.1
+    c.loss.label_smoothing = 0.0  # cDPO / robust DPO / EXO epsilon
+    c.loss.f_divergence_type = "reverse_kl"
+    c.loss.f_alpha_divergence_coef = 1.0
+    c.loss.discopop_tau = 0.05
+    c.loss.reference_free = False
+
+    c.reference = ml_collections.ConfigDict()
+    c.reference.mode = "frozen"  # frozen (reference forward every step) | cached (precomputed once, on disk)
+    c.reference.cache_dir = ""  # default <workdir>/ref_cache; per host, keyed by a fingerprint
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = 1  # pure data parallelism
+    c.mesh.fsdp = -1  # sharded data parallelism (-1 = all remaining devices)
+    c.mesh.tensor = 1  # tensor parallelism over heads / MLP / vocab
+
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.initialize = "auto"  # auto | True | False (see jaxpref.train.trainer.maybe_initialize_distributed)
+    c.distributed.coordinator_address = ""  # host:port of process 0, for explicit multi-process runs
+    c.distributed.num_processes = 1
+    c.distributed.process_id = 0
+    c.distributed.cpu_collectives = ""  # "gloo" for multi-process CPU runs
+
+    c.export = ml_collections.ConfigDict()
+    c.export.hf = True  # write <workdir>/hf_export as a Hugging Face directory at the end
+    return c

@@ -1,0 +1,50 @@
+"""Metrics to TensorBoard (tensorboardX) and a JSONL file, written by process 0 only."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+
+
+class MetricLogger:
+    """``log(step, metrics)`` appends one JSON line to ``<workdir>/metrics.jsonl`` and writes TensorBoard
+    scalars under ``<workdir>/tensorboard``; on processes other than 0 it does nothing."""
+
+    def __init__(self, workdir: str, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._writer = None
+        if self.enabled:
+            os.makedirs(workdir, exist_ok=True)
+            from tensorboardX import SummaryWriter
+
+            self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def log(self, step: int, metrics: dict, prefix: str = "train") -> None:
+        if not self.enabled:
+            return
+        clean = {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
+        for k, v in clean.items():
+            self._writer.add_scalar(k, v, int(step))
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """The JSONL records written by :class:`MetricLogger`."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
