@@ -80,6 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.data = 1  # pure data parallelism
     c.mesh.fsdp = -1  # sharded data parallelism (-1 = all remaining devices)
     c.mesh.tensor = 1  # tensor parallelism over heads / MLP / vocab
+    c.mesh.num_devices = 0  # use only the first N local devices (single-host tests/debugging); 0 = all
 
     c.distributed = ml_collections.ConfigDict()
     c.distributed.initialize = "auto"  # auto | True | False (see jaxpref.train.trainer.maybe_initialize_distributed)

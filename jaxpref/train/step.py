@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -45,8 +46,10 @@ def sequence_logps(params, model: LlamaForCausalLM, batch: dict, *, vocab_chunk:
     h = jnp.take_along_axis(hidden[:, :-1], index[..., None], axis=1)  # [R, W, D]
     labels = jnp.take_along_axis(batch["input_ids"][:, 1:], index, axis=1)
     seq = jnp.take_along_axis(batch["sequence_ids"][:, 1:], index, axis=1)
-    per_token = token_logprobs_from_hidden(h, lm_head_kernel(params, model.config).astype(h.dtype), labels,
-                                           chunk_size=vocab_chunk)
+    # Gather the LM head once per step (as FSDP gathers every weight) rather than slicing a vocab-sharded kernel
+    # inside the chunk loop, which makes XLA put collectives in the loop body.
+    kernel = nn.with_logical_constraint(lm_head_kernel(params, model.config).astype(h.dtype), (None, None))
+    per_token = token_logprobs_from_hidden(h, kernel, labels, chunk_size=vocab_chunk)
     return sequence_sums(per_token, batch["score_mask"], seq, batch["pair_weight"].shape[0])
 
 
@@ -88,8 +91,8 @@ class StepFns:
     """The jitted functions of one training setup: ``accumulate``, ``apply``, ``evaluate``, ``zero``.
 
     * ``accumulate(params, ref_params, acc, batch) -> acc``: adds one micro-batch (acc donated).
-    * ``apply(state, acc) -> (state, metrics)``: one optimizer update from the accumulated sums (state and
-      acc donated); metrics are weighted means plus ``grad_norm`` and ``learning_rate``.
+    * ``apply(state, acc) -> (state, metrics)``: one optimizer update from the accumulated sums (state
+      donated); metrics are weighted means plus ``grad_norm`` and ``learning_rate``.
     * ``evaluate(params, ref_params, batch) -> (metric sums, weight, per-pair outputs)``: no gradients.
     * ``zero(params) -> acc``: a fresh accumulator with the grads sharded like the params.
     """
@@ -116,7 +119,7 @@ class StepFns:
             denom = jnp.maximum(acc["weight"], 1e-12)
             grads = jax.tree_util.tree_map(lambda g, p: (g / denom).astype(p.dtype), acc["grads"], state.params)
             metrics = {k: v / denom for k, v in acc["metrics"].items()}
-            metrics["grad_norm"] = optax.global_norm(grads)
+            metrics["grad_norm"] = optax.tree.norm(grads)
             metrics["learning_rate"] = schedule(state.step)
             metrics["pairs"] = acc["weight"]
             return state.apply_gradients(grads, tx), metrics
@@ -126,7 +129,7 @@ class StepFns:
             return sums, weight, outputs
 
         self._accumulate = jax.jit(accumulate, out_shardings=acc_sh, donate_argnums=(2,))
-        self._apply = jax.jit(apply, out_shardings=(state_shardings, scalar), donate_argnums=(0, 1))
+        self._apply = jax.jit(apply, out_shardings=(state_shardings, scalar), donate_argnums=(0,))
         self._evaluate = jax.jit(evaluate)
         self._zero = jax.jit(zero_accumulator, out_shardings=acc_sh)
 

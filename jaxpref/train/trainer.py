@@ -67,8 +67,13 @@ def maybe_initialize_distributed(cfg) -> None:
 
 def build_mesh(cfg):
     m = cfg.get("mesh") or {}
+    devices = jax.devices()
+    if m.get("num_devices", 0):
+        if jax.process_count() > 1:
+            raise ConfigError("config.mesh.num_devices is for single-host runs; leave it 0 on multi-host runs.")
+        devices = devices[: m.num_devices]
     try:
-        return S.make_mesh(m.get("data", 1), m.get("fsdp", -1), m.get("tensor", 1))
+        return S.make_mesh(m.get("data", 1), m.get("fsdp", -1), m.get("tensor", 1), devices=devices)
     except ValueError as e:
         raise ConfigError(f"config.mesh: {e}") from None
 
