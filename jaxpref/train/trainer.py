@@ -46,7 +46,8 @@ def maybe_initialize_distributed(cfg) -> None:
     ``cpu_collectives`` (e.g. ``"gloo"``) enables cross-process collectives on CPU.
     """
     d = cfg.get("distributed") or {}
-    mode = d.get("initialize", "auto")
+    mode = str(d.get("initialize", "auto")).lower()
+    mode = True if mode in ("true", "1", "yes") else False if mode in ("false", "0", "no") else "auto"
     if mode is False or jax.distributed.is_initialized():
         return
     if d.get("cpu_collectives"):
