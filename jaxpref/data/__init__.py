@@ -17,6 +17,7 @@ from jaxpref.data.formats import (
 from jaxpref.data.noise import flip_labels
 from jaxpref.data.tokenize import (
     HFTokenizer,
+    IntTokenizer,
     SentencePieceTokenizer,
     TokenizedPair,
     TokenizeOptions,
@@ -27,7 +28,7 @@ from jaxpref.data.tokenize import (
 )
 
 __all__ = [
-    "BATCH_KEYS", "BatchOptions", "DataError", "HFTokenizer", "LoadReport", "PairBatcher", "PreferenceDataset",
+    "BATCH_KEYS", "BatchOptions", "DataError", "HFTokenizer", "IntTokenizer", "LoadReport", "PairBatcher", "PreferenceDataset",
     "SHIPPED_HH", "SentencePieceTokenizer", "TokenizeOptions", "TokenizedPair", "flip_labels", "load_preferences",
     "load_tokenizer", "mistral_tokenizer_path", "save_jsonl", "sequence_sums", "split_hh_dialogue",
     "tokenize_dataset", "tokenize_pair",

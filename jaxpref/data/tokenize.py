@@ -99,6 +99,34 @@ class HFTokenizer:
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
+class IntTokenizer:
+    """Texts of space-separated integers <-> token ids, for synthetic tasks (``"int:64"`` in configs).
+
+    Ids 0, 1, 2 are PAD, BOS and EOS; ``"5 17 33"`` encodes to ``[5, 17, 33]``. Chat templates do not apply.
+    """
+
+    pad_id, bos_id, eos_id = 0, 1, 2
+
+    def __init__(self, vocab_size: int):
+        if vocab_size < 4:
+            raise ValueError(f"IntTokenizer needs vocab_size >= 4, got {vocab_size}.")
+        self.vocab_size = vocab_size
+        self.path = f"int:{vocab_size}"
+
+    def encode(self, text: str) -> list[int]:
+        ids = [int(t) for t in text.split()]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise DataError(f"token {bad[0]} is outside the IntTokenizer vocabulary [0, {self.vocab_size}).")
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return " ".join(str(int(i)) for i in ids)
+
+    def render_chat(self, messages, add_generation_prompt: bool) -> str:
+        raise DataError("IntTokenizer has no chat template.")
+
+
 def mistral_tokenizer_path(version: str = "v1") -> str:
     """The real Mistral SentencePiece model shipped by the ``mistral-common`` package (v1: 32000 tokens,
     the Mistral-7B-v0.1 vocabulary; v3: 32768, Mistral-7B-Instruct-v0.3)."""
@@ -140,10 +168,13 @@ def load_tokenizer(path: str) -> Tokenizer:
     * ``"mistral"`` / ``"mistral:v3"``: the real Mistral SentencePiece model shipped by ``mistral-common``,
       wrapped as a HF ``LlamaTokenizer`` (so ids equal what transformers/TRL produce; see below);
     * a HF tokenizer directory;
+    * ``"int:V"``: :class:`IntTokenizer` over ``V`` ids (synthetic tasks);
     * a ``.model`` file: raw SentencePiece. Note: SentencePiece and the HF tokenizer built from the same
       model split runs of spaces differently (``"!  All"`` -> ``['!', '▁', '▁All']`` vs ``['!', '▁▁', 'All']``);
       60% of the HH sequences contain such runs. Use the HF form to match HF-trained checkpoints.
     """
+    if path.startswith("int:"):
+        return IntTokenizer(int(path[4:]))
     if path.startswith("mistral") and not os.path.exists(path):
         return HFTokenizer(sentencepiece_hf_dir(mistral_tokenizer_path(path.partition(":")[2] or "v1")))
     if path.endswith(".model") or os.path.isfile(path):
