@@ -48,7 +48,9 @@ def main(argv) -> int:
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    print(f"{cfg.algorithm}: {result.get('status', 'done')} at step {result.get('step')}; results in {_WORKDIR.value}")
+    step = result.get("step")
+    where = f" at step {step}" if step is not None else ""
+    print(f"{cfg.algorithm}: {result.get('status', 'done')}{where}; results in {_WORKDIR.value}/results.json")
     return 0
 
 

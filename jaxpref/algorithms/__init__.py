@@ -1,9 +1,18 @@
 """Algorithms: thin orchestration over :class:`jaxpref.train.Trainer`.
 
-``ALGORITHMS`` maps ``config.algorithm`` to a ``run(cfg, workdir) -> dict`` function.
+``ALGORITHMS`` maps ``config.algorithm`` to ``run(cfg, workdir) -> dict`` (real data, or the gold-reward
+task when the config has a ``task`` section); :func:`synthetic_runner` gives the function that trains on
+already-built gold-reward-task rows (used by :mod:`jaxpref.eval.experiment`).
 """
 
 from jaxpref.algorithms import dpo
 
 ALGORITHMS = {"dpo": dpo.run}
 PLANNED = ("ropo", "reward_conditioned", "apo")
+_SYNTHETIC = {"dpo": dpo.run_on_task}
+
+
+def synthetic_runner(name: str):
+    if name not in _SYNTHETIC:
+        raise ValueError(f"config.algorithm={name!r} has no gold-reward-task runner; available: {sorted(_SYNTHETIC)}.")
+    return _SYNTHETIC[name]

@@ -11,7 +11,15 @@ from jaxpref.train.trainer import Trainer
 
 
 def run(cfg, workdir: str, *, progress: bool = True) -> dict:
-    """Train, evaluate on the eval split (if any), export the policy as a HF directory; write results.json."""
+    """Train, evaluate on the eval split (if any), export the policy as a HF directory; write results.json.
+
+    With a ``task`` section in the config, runs on the gold-reward task instead (one seed, ``data.flip_rate``).
+    """
+    if cfg.get("task"):
+        from jaxpref.eval import experiment
+
+        td = experiment.build_task_data(cfg, cfg.seed, progress=progress)
+        return experiment.run_one(cfg, td, cfg.data.get("flip_rate", 0.0), cfg.seed, workdir, progress=progress)
     trainer = Trainer(cfg, workdir, progress=progress)
     try:
         summary = trainer.fit()
@@ -23,4 +31,20 @@ def run(cfg, workdir: str, *, progress: bool = True) -> dict:
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(result, f, indent=2, default=float)
+    return result
+
+
+def run_on_task(cfg, td, rows, workdir: str, *, progress: bool = False) -> dict:
+    """Train from the task's SFT policy on ``rows``; evaluate on held-out prompts and clean pairs."""
+    from jaxpref.eval.experiment import evaluate_policy
+
+    trainer = Trainer(cfg, workdir, rows=rows, eval_rows=td.eval_rows, model_and_params=(td.model, td.sft_params),
+                      progress=progress)
+    try:
+        trainer.fit(resume=False)
+        clean = trainer.evaluate()["rewards/accuracies"]
+        result = {"algorithm": cfg.algorithm, **evaluate_policy(td, trainer.state.params, clean_accuracy=clean,
+                                                                seed=cfg.seed)}
+    finally:
+        trainer.close()
     return result

@@ -1,0 +1,151 @@
+"""Experiments on the gold-reward task: seeds x flip rates, one command, a JSON of results and a PNG plot.
+
+    python -m jaxpref.eval.experiment --config=configs/dpo_synthetic.py \
+        --flip_rates=0,0.2,0.4 --seeds=0,1,2 --out=results/dpo_noise
+
+Per seed the SFT policy and its sampled pairs are built once (:func:`build_preference_data`) and shared
+by every flip rate; per (flip rate, seed) the pairs get flipped, the algorithm of ``config.algorithm``
+trains from the SFT policy, and :func:`evaluate_policy` scores the result. ``results.json`` holds every
+run and, per flip rate, the mean and std over seeds of each metric; ``plot.png`` shows gold reward and
+clean accuracy against the flip rate with std error bars.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from jaxpref import data as D
+from jaxpref.eval import metrics as Me
+from jaxpref.eval import synthetic as S
+
+SCALARS = ("gold_reward", "gold_reward_greedy", "win_rate", "clean_accuracy", "kl")
+
+
+def task_from_config(cfg) -> S.GoldTask:
+    t = cfg.task
+    return S.GoldTask(vocab_size=t.vocab_size, prompt_length=t.prompt_length, length_penalty=t.length_penalty)
+
+
+def build_task_data(cfg, seed: int, progress: bool = False) -> S.TaskData:
+    t = cfg.task
+    return S.build_preference_data(
+        task_from_config(cfg), seed=seed, num_pair_prompts=t.num_pair_prompts, num_eval_prompts=t.num_eval_prompts,
+        num_sft_prompts=t.num_sft_prompts, samples_per_prompt=t.samples_per_prompt, sft_steps=t.sft_steps,
+        labeling=t.labeling, selection=t.selection, hidden=t.hidden, layers=t.layers, progress=progress)
+
+
+def evaluate_policy(td: S.TaskData, params, *, clean_accuracy: float | None = None, seed: int = 0) -> dict:
+    """Gold reward (temperature 1 and greedy), win rate vs the SFT policy, KL to it, on held-out prompts."""
+    ev = Me.sampled_gold_reward(td.task, td.model, params, td.eval_prompts, seed=seed + 2)
+    out = {
+        "gold_reward": ev["gold_reward_sampled"],
+        "gold_reward_greedy": ev["gold_reward_greedy"],
+        "win_rate": Me.win_rate(ev["rewards_sampled"], td.sft_eval["rewards_sampled"]),
+        "kl": Me.sampled_kl(td.task, td.model, params, td.sft_params, td.eval_prompts, seed=seed + 3),
+        "sft_gold_reward": td.sft_eval["gold_reward_sampled"],
+        "sft_gold_reward_greedy": td.sft_eval["gold_reward_greedy"],
+    }
+    if clean_accuracy is not None:
+        out["clean_accuracy"] = clean_accuracy
+    return out
+
+
+def run_one(cfg, td: S.TaskData, flip_rate: float, seed: int, workdir: str, progress: bool = False) -> dict:
+    """Flip, train with ``cfg.algorithm`` from the SFT policy, evaluate; writes ``workdir/results.json``."""
+    from jaxpref.algorithms import synthetic_runner
+
+    noisy, flipped = D.flip_labels(td.train_rows, flip_rate, seed=seed)
+    t0 = time.time()
+    result = synthetic_runner(cfg.algorithm)(cfg, td, noisy, workdir, progress=progress)
+    result.update(flip_rate=flip_rate, seed=seed, num_pairs=len(noisy), num_flipped=int(flipped.sum()),
+                  train_seconds=time.time() - t0)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(result, f, indent=2, default=float)
+    return result
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Per flip rate: mean and std over seeds of every scalar metric present."""
+    out = {}
+    for rate in sorted({r["flip_rate"] for r in runs}):
+        group = [r for r in runs if r["flip_rate"] == rate]
+        keys = sorted({k for r in group for k, v in r.items() if isinstance(v, (int, float)) and k not in ("seed",)})
+        out[str(rate)] = {k: dict(zip(("mean", "std"), Me.mean_std([r[k] for r in group if k in r]))) for k in keys}
+        out[str(rate)]["seeds"] = [r["seed"] for r in group]
+    return out
+
+
+def plot(summary: dict, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = sorted(float(r) for r in summary)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key, label in zip(axes, ("gold_reward", "clean_accuracy", "win_rate"),
+                              ("gold reward of samples (T=1)", "clean held-out accuracy", "win rate vs SFT")):
+        m = [summary[str(r)].get(key, {}).get("mean", np.nan) for r in rates]
+        s = [summary[str(r)].get(key, {}).get("std", np.nan) for r in rates]
+        ax.errorbar(rates, m, yerr=s, marker="o", capsize=4)
+        if key == "gold_reward":
+            sft = [summary[str(r)].get("sft_gold_reward", {}).get("mean", np.nan) for r in rates]
+            ax.plot(rates, sft, "--", color="gray", label="SFT policy")
+            ax.legend()
+        ax.set_xlabel("label flip rate")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_experiment(cfg, flip_rates, seeds, out_dir: str, progress: bool = True) -> dict:
+    os.makedirs(out_dir, exist_ok=True)
+    runs = []
+    for seed in seeds:
+        td = build_task_data(cfg, seed, progress=progress)
+        for rate in flip_rates:
+            workdir = os.path.join(out_dir, f"{cfg.algorithm}_flip{rate}_seed{seed}")
+            r = run_one(cfg, td, rate, seed, workdir, progress=progress)
+            runs.append(r)
+            print(f"[{cfg.algorithm}] flip {rate} seed {seed}: gold {r['gold_reward']:.3f} (sft {r['sft_gold_reward']:.3f}) "
+                  f"clean acc {r.get('clean_accuracy', float('nan')):.3f} win {r['win_rate']:.3f} kl {r['kl']:.2f} "
+                  f"({r['train_seconds']:.0f} s)", flush=True)
+    summary = aggregate(runs)
+    result = {"algorithm": cfg.algorithm, "config": json.loads(cfg.to_json_best_effort()), "runs": runs,
+              "summary": summary}
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(result, f, indent=2, default=float)
+    plot(summary, os.path.join(out_dir, "plot.png"), f"{cfg.algorithm} on the gold-reward task ({len(seeds)} seeds)")
+    return result
+
+
+def main(argv=None) -> int:
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config = config_flags.DEFINE_config_file("config", None, "experiment config (configs/*_synthetic.py)",
+                                             lock_config=False)
+    rates = flags.DEFINE_list("flip_rates", ["0", "0.2", "0.4"], "label flip rates")
+    seeds = flags.DEFINE_list("seeds", ["0", "1", "2"], "seeds")
+    out = flags.DEFINE_string("out", None, "output directory", required=True)
+    quiet = flags.DEFINE_bool("quiet", False, "no progress bars")
+
+    def _main(_):
+        run_experiment(config.value, [float(r) for r in rates.value], [int(s) for s in seeds.value], out.value,
+                       progress=not quiet.value)
+        print(f"wrote {out.value}/results.json and {out.value}/plot.png")
+
+    app.run(_main, argv=argv or sys.argv)
+    return 0
+
+
+if __name__ == "__main__":
+    main()
