@@ -38,10 +38,10 @@ def win_rate(policy_rewards: Sequence[float], reference_rewards: Sequence[float]
     return float(np.mean((a > b) + 0.5 * (a == b)))
 
 
-def sequence_logps_of(model, params, prompts_with_bos: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
-                      eos_id: int) -> np.ndarray:
-    """Summed log-probs of ``response + [EOS]`` given each prompt, by one teacher-forced forward pass."""
-    seqs = [list(p) + list(r) + [eos_id] for p, r in zip(prompts_with_bos, responses)]
+def sequence_logps_of(model, params, prompts_with_bos: Sequence[Sequence[int]],
+                      responses: Sequence[Sequence[int]]) -> np.ndarray:
+    """Summed log-probs of each response (exactly its tokens) given its prompt, one teacher-forced pass."""
+    seqs = [list(p) + list(r) for p, r in zip(prompts_with_bos, responses)]
     width = max(len(s) for s in seqs)
     ids = np.zeros((len(seqs), width), np.int32)
     mask = np.zeros((len(seqs), width), np.int32)
@@ -58,14 +58,14 @@ def sequence_logps_of(model, params, prompts_with_bos: Sequence[Sequence[int]], 
 
 def sampled_kl(task, model, params, ref_params, prompts: np.ndarray, *, seed: int = 0, num_samples: int = 1) -> float:
     """Monte-Carlo ``KL(pi || pi_ref)``: mean of ``log pi(y|x) - log pi_ref(y|x)`` over ``y ~ pi`` (temperature 1)."""
-    from jaxpref.eval.synthetic import BOS, EOS, sample
+    from jaxpref.eval.synthetic import BOS, sample
 
-    samples = sample(task, model, params, prompts, num_samples=num_samples, seed=seed)
+    # Score exactly what was sampled (EOS included when emitted; a response cut at max_new_tokens has none).
+    samples = sample(task, model, params, prompts, num_samples=num_samples, seed=seed, keep_eos=True)
     flat_prompts = [[BOS] + list(p) for p, ss in zip(prompts, samples) for _ in ss]
     flat = [s for ss in samples for s in ss]
-    # Both sides teacher-forced on response + EOS, so the estimate compares like with like.
-    pol = sequence_logps_of(model, params, flat_prompts, flat, EOS)
-    ref = sequence_logps_of(model, ref_params, flat_prompts, flat, EOS)
+    pol = sequence_logps_of(model, params, flat_prompts, flat)
+    ref = sequence_logps_of(model, ref_params, flat_prompts, flat)
     return float(np.mean(pol - ref))
 
 

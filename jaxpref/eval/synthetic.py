@@ -111,11 +111,15 @@ def to_text(ids: Sequence[int]) -> str:
     return " ".join(str(int(i)) for i in ids)
 
 
-def strip_response(tokens: Sequence[int], mask: Sequence[int]) -> list[int]:
-    """Generated tokens -> content tokens: the masked-in tokens up to (not including) the first EOS."""
+def strip_response(tokens: Sequence[int], mask: Sequence[int], keep_eos: bool = False) -> list[int]:
+    """Generated tokens -> content tokens: the masked-in tokens up to the first EOS (included if ``keep_eos``)."""
     out = []
     for t, m in zip(tokens, mask):
-        if not m or int(t) == EOS:
+        if not m:
+            break
+        if int(t) == EOS:
+            if keep_eos:
+                out.append(EOS)
             break
         out.append(int(t))
     return out
@@ -184,9 +188,10 @@ def train_sft(task: GoldTask, config: M.ModelConfig, prompts: np.ndarray, *, see
 
 def sample(task: GoldTask, model: M.LlamaForCausalLM, params: dict, prompts: np.ndarray, *, num_samples: int = 1,
            temperature: float = 1.0, greedy: bool = False, seed: int = 0, max_new_tokens: int | None = None,
-           batch_size: int = 256, with_logprobs: bool = False):
-    """``num_samples`` responses per prompt (content tokens). Returns a list (per prompt) of lists of
-    responses, and with ``with_logprobs`` also their summed log-probs under ``params`` (EOS included)."""
+           batch_size: int = 256, with_logprobs: bool = False, keep_eos: bool = False):
+    """``num_samples`` responses per prompt (content tokens; with ``keep_eos`` the EOS stays when one was
+    emitted). Returns a list (per prompt) of lists of responses, and with ``with_logprobs`` also their summed
+    log-probs under ``params`` (EOS included)."""
     max_new = max_new_tokens or task.prompt_length + 4
     rows = np.repeat(prompts, num_samples, axis=0)
     out, logps = [], []
@@ -197,7 +202,7 @@ def sample(task: GoldTask, model: M.LlamaForCausalLM, params: dict, prompts: np.
                      greedy=greedy, temperature=temperature, eos_token_id=EOS, pad_token_id=PAD)
         toks, gmask, glp = (np.asarray(x) for x in (g.tokens, g.mask, g.logprobs))
         for i in range(len(chunk)):
-            out.append(strip_response(toks[i], gmask[i]))
+            out.append(strip_response(toks[i], gmask[i], keep_eos=keep_eos))
             logps.append(float((glp[i] * gmask[i]).sum()))
     grouped = [out[i * num_samples:(i + 1) * num_samples] for i in range(len(prompts))]
     if with_logprobs:
