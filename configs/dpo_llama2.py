@@ -1,31 +1,11 @@
-"""DPO on Llama-2-7B (real shapes). Set the checkpoint directory, e.g.
+"""DPO on Llama-2-7B (real shapes). Point it at the checkpoint, e.g.
 
     python -m jaxpref.main --config=configs/dpo_llama2.py --workdir=/ckpt/dpo_llama2 \
         --config.model.hf_dir=/models/Llama-2-7b-hf --config.tokenizer.path=/models/Llama-2-7b-hf
 """
 
-from jaxpref.configs_base import base_config
+from jaxpref.configs_base import dpo_7b_config
 
 
 def get_config():
-    c = base_config()
-    c.algorithm = "dpo"
-    c.model.hf_dir = "/models/Llama-2-7b-hf"  # a local HF directory; a clear error if missing
-    c.model.dtype = "bfloat16"
-    c.model.param_dtype = "bfloat16"
-    c.model.remat_policy = "dots_with_no_batch_dims"
-    c.tokenizer.path = "/models/Llama-2-7b-hf"
-    c.data.train_path = "hh"
-    c.data.max_length = 1024
-    c.data.max_prompt_length = 512
-    c.data.buckets = (256, 512, 768, 1024)
-    c.train.pairs_per_batch = 64
-    c.train.grad_accum_steps = 2
-    c.train.num_epochs = 1.0
-    c.train.learning_rate = 5e-7
-    c.train.warmup_ratio = 0.1
-    c.train.save_every = 200
-    c.loss.beta = 0.1
-    c.reference.mode = "cached"
-    c.mesh.fsdp = -1
-    return c
+    return dpo_7b_config(hf_dir="/models/Llama-2-7b-hf", tokenizer_path="/models/Llama-2-7b-hf")

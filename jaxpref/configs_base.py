@@ -92,3 +92,29 @@ def base_config() -> ml_collections.ConfigDict:
     c.export = ml_collections.ConfigDict()
     c.export.hf = True  # write <workdir>/hf_export as a Hugging Face directory at the end
     return c
+
+
+def dpo_7b_config(hf_dir: str, tokenizer_path: str) -> ml_collections.ConfigDict:
+    """DPO on a 7B-class checkpoint (bf16, remat, cached reference, FSDP over all devices); used by
+    ``configs/dpo_llama2.py`` and ``configs/dpo_mistral.py``, which differ only in the checkpoint."""
+    c = base_config()
+    c.algorithm = "dpo"
+    c.model.hf_dir = hf_dir  # a local HF directory; a clear error if missing
+    c.model.dtype = "bfloat16"
+    c.model.param_dtype = "bfloat16"
+    c.model.remat_policy = "dots_with_no_batch_dims"
+    c.tokenizer.path = tokenizer_path
+    c.data.train_path = "hh"
+    c.data.max_length = 1024
+    c.data.max_prompt_length = 512
+    c.data.buckets = (256, 512, 768, 1024)
+    c.train.pairs_per_batch = 64
+    c.train.grad_accum_steps = 2
+    c.train.num_epochs = 1.0
+    c.train.learning_rate = 5e-7
+    c.train.warmup_ratio = 0.1
+    c.train.save_every = 200
+    c.loss.beta = 0.1
+    c.reference.mode = "cached"
+    c.mesh.fsdp = -1
+    return c

@@ -128,10 +128,16 @@ class StepFns:
             _, (weight, sums, outputs) = terms(params, ref_params, batch)
             return sums, weight, outputs
 
-        self._accumulate = jax.jit(accumulate, out_shardings=acc_sh, donate_argnums=(2,))
-        self._apply = jax.jit(apply, out_shardings=(state_shardings, scalar), donate_argnums=(0,))
-        self._evaluate = jax.jit(evaluate)
-        self._zero = jax.jit(zero_accumulator, out_shardings=acc_sh)
+        # A one-entry PartitionSpec shards only the leading (row / pair) axis, so it is a valid prefix for
+        # every batch field whatever its rank; the reference params are an empty pytree unless frozen.
+        batch_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+        ref_sh = param_sh if reference == "frozen" else None
+        self._accumulate = jax.jit(accumulate, in_shardings=(param_sh, ref_sh, acc_sh, batch_sh), out_shardings=acc_sh,
+                                   donate_argnums=(2,))
+        self._apply = jax.jit(apply, in_shardings=(state_shardings, acc_sh), out_shardings=(state_shardings, scalar),
+                              donate_argnums=(0,))
+        self._evaluate = jax.jit(evaluate, in_shardings=(param_sh, ref_sh, batch_sh))
+        self._zero = jax.jit(zero_accumulator, in_shardings=(param_sh,), out_shardings=acc_sh)
 
     def accumulate(self, params, ref_params, acc, batch):
         with S.activation_rules(self.mesh):
