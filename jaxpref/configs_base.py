@@ -89,9 +89,31 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed.process_id = 0
     c.distributed.cpu_collectives = ""  # "gloo" for multi-process CPU runs
 
+    c.ropo = ropo_config()
+
     c.export = ml_collections.ConfigDict()
     c.export.hf = True  # write <workdir>/hf_export as a Hugging Face directory at the end
     return c
+
+
+def ropo_config() -> ml_collections.ConfigDict:
+    """``config.ropo``: read only when ``algorithm == "ropo"``; see ``jaxpref/algorithms/ropo.py``.
+
+    The paper leaves the loop's details open; these defaults are jaxpref's documented choices."""
+    r = ml_collections.ConfigDict()
+    r.rounds = 2  # theta-steps; a w-step (filter + rejection sampling) runs between consecutive ones
+    r.filter_ratio = 0.2  # rho: fraction of the current pairs dropped at each w-step
+    r.alpha = 14.0  # trade-off of the noise-aware term (ablation: 6, 14, 30)
+    r.train_loss = "ropo"  # ropo | dpo (ablation)
+    r.filter_loss = "ropo"  # ropo | dpo: the per-pair loss that ranks pairs in the w-step
+    r.rejection_sampling = True  # refill discarded prompts with new pairs from the current policy
+    r.num_candidates = 4  # K samples per discarded prompt
+    r.include_originals = True  # the two original responses are candidates too
+    r.temperature = 1.0
+    r.top_p = 1.0
+    r.max_new_tokens = 128
+    r.restart_from_initial = False  # restart each theta-step from pi_0 instead of the previous round's policy
+    return r
 
 
 def dpo_7b_config(hf_dir: str, tokenizer_path: str) -> ml_collections.ConfigDict:

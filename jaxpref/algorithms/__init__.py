@@ -5,11 +5,11 @@ task when the config has a ``task`` section); :func:`synthetic_runner` gives the
 already-built gold-reward-task rows (used by :mod:`jaxpref.eval.experiment`).
 """
 
-from jaxpref.algorithms import dpo
+from jaxpref.algorithms import dpo, ropo
 
-ALGORITHMS = {"dpo": dpo.run}
-PLANNED = ("ropo", "reward_conditioned", "apo")
-_SYNTHETIC = {"dpo": dpo.run_on_task}
+ALGORITHMS = {"dpo": dpo.run, "ropo": ropo.run}
+PLANNED = ("reward_conditioned", "apo")
+_SYNTHETIC = {"dpo": dpo.run_on_task, "ropo": ropo.run_on_task}
 
 
 def synthetic_runner(name: str):

@@ -175,11 +175,15 @@ class Trainer:
       workdir: checkpoints, metrics.jsonl, tensorboard/, hf_export/ and results go here.
       pair_loss: defaults to :func:`jaxpref.train.step.dpo_pair_loss` of ``cfg.loss``.
       rows: train rows to use instead of loading ``cfg.data`` (algorithms pass their own).
+      model_and_params: start from this model and params instead of ``cfg.model``.
+      reference_params: the reference policy (default: the starting params); iterative algorithms pass
+        the original policy here while the policy itself continues from the previous round.
     """
 
     def __init__(self, cfg, workdir: str, *, pair_loss: PairLoss | None = None,
                  rows: D.PreferenceDataset | None = None, eval_rows: D.PreferenceDataset | None = None,
-                 model_and_params: tuple[M.LlamaForCausalLM, dict] | None = None, progress: bool = True):
+                 model_and_params: tuple[M.LlamaForCausalLM, dict] | None = None,
+                 reference_params: dict | None = None, progress: bool = True):
         self.cfg, self.workdir, self.progress = cfg, workdir, progress
         os.makedirs(workdir, exist_ok=True)
         maybe_initialize_distributed(cfg)
@@ -223,11 +227,15 @@ class Trainer:
         self.state = create_sharded_state(init_params, self.tx, jax.random.PRNGKey(cfg.get("seed", 0)), self.shardings)
         self.ref_params = None
         self.ref_table = None
-        if self.reference == "frozen":
-            self.ref_params = jax.jit(lambda p: jax.tree_util.tree_map(jnp.copy, p),
-                                      out_shardings=self.shardings.params)(self.state.params)
-        elif self.reference == "cached":
-            self._prepare_reference_cache(init_params)
+        ref_source = init_params if reference_params is None else reference_params
+        if self.reference != "none":
+            # a copy, never an alias of the policy's buffers (the state is donated every step)
+            placed = jax.jit(lambda p: jax.tree_util.tree_map(jnp.copy, p), out_shardings=self.shardings.params)(
+                jax.device_put(ref_source, self.shardings.params))
+            if self.reference == "frozen":
+                self.ref_params = placed
+            else:
+                self._prepare_reference_cache(ref_source, placed)
         self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tc.get("keep_checkpoints", 2),
                                          async_save=tc.get("async_checkpointing", True))
         self.logger = MetricLogger(workdir)
@@ -235,17 +243,17 @@ class Trainer:
 
     # ---- reference log-probs -------------------------------------------------------------------------
 
-    def _prepare_reference_cache(self, init_params) -> None:
+    def _prepare_reference_cache(self, ref_source, ref_placed) -> None:
         rc = self.cfg.get("reference", {})
         settings = dict(self.tok_options.__dict__, buckets=list(self.batcher.buckets), packing=self.batcher.options.packing)
-        key = refcache.fingerprint(refcache.params_digest(init_params), self.pairs, self.cfg.tokenizer.path, settings)
+        key = refcache.fingerprint(refcache.params_digest(ref_source), self.pairs, self.cfg.tokenizer.path, settings)
         cache_dir = rc.get("cache_dir") or os.path.join(self.workdir, "ref_cache")
         self.ref_cache = refcache.ReferenceCache(cache_dir, key, len(self.pairs))
         plan_batcher = D.PairBatcher(self.pairs, batch_options(self.cfg, shuffle=False), pad_id=self.tokenizer.pad_id,
                                      process_index=jax.process_index(), process_count=jax.process_count())
 
         def logps(local):
-            _, _, out = self.step_fns.evaluate(self.state.params, None, self._to_device(local, with_ref=False))
+            _, _, out = self.step_fns.evaluate(ref_placed, None, self._to_device(local, with_ref=False))
             got = host_tree({"c": out["policy_chosen"], "r": out["policy_rejected"]})
             idx = host_tree(self._to_device({"i": local["pair_index"]}, with_ref=False)["i"])
             return got["c"], got["r"], idx

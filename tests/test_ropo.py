@@ -1,0 +1,117 @@
+"""ROPO: the exact w-step against brute force, one full loop on a tiny task, and mid-round resume."""
+
+import importlib.util
+import itertools
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from jaxpref import data as D
+from jaxpref.algorithms import ropo
+from jaxpref.train import trainer as trainer_mod
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_weight_update_equals_brute_force(seed):
+    """min sum w_i l_i s.t. sum w = k, 0 <= w <= 1: the closed form matches every k-subset and the LP solver."""
+    from scipy.optimize import linprog
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 9))
+    losses = np.round(rng.normal(size=n), 1)  # rounding creates ties
+    for k in range(n + 1):
+        w = ropo.ropo_weight_update(losses, k)
+        assert w.sum() == k and set(np.unique(w)) <= {0.0, 1.0}
+        best_subset = min((sum(losses[list(s)]) for s in itertools.combinations(range(n), k)), default=0.0)
+        lp = linprog(losses, A_eq=np.ones((1, n)), b_eq=[k], bounds=[(0, 1)] * n)
+        assert float(w @ losses) == pytest.approx(best_subset, abs=1e-9)
+        assert float(w @ losses) == pytest.approx(lp.fun, abs=1e-7)
+    # the dropped pairs are exactly the highest-loss ones
+    w = ropo.ropo_weight_update([0.1, 5.0, 0.3, 2.0], 2)
+    assert w.tolist() == [1, 0, 1, 0]
+    with pytest.raises(ValueError):
+        ropo.ropo_weight_update([1.0, 2.0], 3)
+
+
+def _tiny_cfg():
+    spec = importlib.util.spec_from_file_location("ropo_synthetic", os.path.join(os.path.dirname(__file__), "..",
+                                                                                 "configs", "ropo_synthetic.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = mod.get_config()
+    cfg.task.num_sft_prompts, cfg.task.sft_steps = 256, 40
+    cfg.task.num_pair_prompts, cfg.task.num_eval_prompts = 64, 32
+    cfg.task.hidden = 32
+    cfg.train.num_epochs = 1.0
+    cfg.train.save_every = 1
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_task():
+    from jaxpref.eval import experiment
+
+    cfg = _tiny_cfg()
+    td = experiment.build_task_data(cfg, 0)
+    rows, flipped = D.flip_labels(td.train_rows, 0.25, seed=0)
+    return cfg, td, rows
+
+
+def test_one_round_keeps_discards_and_resamples_as_the_weights_say(tiny_task, tmp_path):
+    cfg, td, rows = tiny_task
+    summary, trainer = ropo.run_rounds(cfg, str(tmp_path), rows, model_and_params=(td.model, td.sft_params),
+                                       eval_rows=td.eval_rows, progress=False)
+    trainer.close()
+    record = json.loads((tmp_path / "round_0" / "round.json").read_text())
+    n = record["num_pairs"]
+    assert n == len(rows)
+    weights = dict(zip(record["ids"], record["weights"]))
+    assert sorted(record["kept_ids"]) == sorted(i for i, w in weights.items() if w == 1.0)
+    assert sorted(record["discarded_ids"]) == sorted(i for i, w in weights.items() if w == 0.0)
+    assert len(record["discarded_ids"]) == n - round(0.8 * n)
+    losses = dict(zip(record["ids"], record["losses"]))
+    assert max(losses[i] for i in record["kept_ids"]) <= min(losses[i] for i in record["discarded_ids"])
+    # rejection-sampled pairs: new ids, the discarded prompt, two different responses, in the next round's data
+    by_id = {r["id"]: r for r in rows}
+    new = [r for r in record["next_rows"] if r["id"] in set(record["new_ids"])]
+    assert new and len(new) == len(record["new_ids"])
+    for r in new:
+        src = r["resampled_from"]
+        assert r["id"] == f"{src}/rs0" and src in record["discarded_ids"]
+        assert r["prompt"] == by_id[src]["prompt"] and r["chosen"] != r["rejected"]
+        assert all(t.isdigit() for t in (r["chosen"] + r["rejected"]).split())
+    assert {r["id"] for r in record["next_rows"]} == set(record["kept_ids"]) | set(record["new_ids"])
+    assert 0.0 <= summary["flag_precision"] <= 1.0
+    assert summary["num_flipped"] == sum(r["flipped"] for r in rows) == round(0.25 * len(rows))
+
+
+def test_resume_mid_round_reproduces_the_uninterrupted_run(tiny_task, tmp_path, monkeypatch):
+    cfg, td, rows = tiny_task
+    full, t_full = ropo.run_rounds(cfg, str(tmp_path / "full"), rows, model_and_params=(td.model, td.sft_params),
+                                   progress=False)
+    p_full = jax.device_get(t_full.state.params)
+    t_full.close()
+
+    original_fit = trainer_mod.Trainer.fit
+
+    def killed_in_round_1(self, *a, **k):
+        if self.workdir.endswith("round_1"):
+            original_fit(self, num_steps=1)
+            raise KeyboardInterrupt("simulated kill")
+        return original_fit(self, *a, **k)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "fit", killed_in_round_1)
+    with pytest.raises(KeyboardInterrupt):
+        ropo.run_rounds(cfg, str(tmp_path / "part"), rows, model_and_params=(td.model, td.sft_params), progress=False)
+    monkeypatch.setattr(trainer_mod.Trainer, "fit", original_fit)
+    assert (tmp_path / "part" / "round_1" / "checkpoints").exists()
+    resumed, t_res = ropo.run_rounds(cfg, str(tmp_path / "part"), rows, model_and_params=(td.model, td.sft_params),
+                                     progress=False)
+    p_res = jax.device_get(t_res.state.params)
+    t_res.close()
+    assert [r["kept_ids"] for r in resumed["rounds"]] == [r["kept_ids"] for r in full["rounds"]]
+    for a, b in zip(jax.tree_util.tree_leaves(p_res), jax.tree_util.tree_leaves(p_full)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
