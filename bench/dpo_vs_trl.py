@@ -56,7 +56,6 @@ def flops_per_pair_set(real_tokens: int, response_tokens: int) -> float:
 
 
 def run_jaxpref(n_pairs: int) -> dict:
-    import jax
 
     sys.path.insert(0, os.path.dirname(HERE))
     from jaxpref.configs_base import base_config

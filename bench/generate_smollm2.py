@@ -26,7 +26,6 @@ def main():
     os.environ.setdefault("XLA_FLAGS", f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={args.threads}")
 
     import jax
-    import numpy as np
     import torch
     import transformers
 

@@ -4,17 +4,14 @@
     python -m jaxpref.eval.experiment --config=configs/ropo_synthetic.py --flip_rates=0,0.2,0.4 --seeds=0,1,2 --out=DIR
 """
 
-import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location("dpo_synthetic", os.path.join(os.path.dirname(__file__),
-                                                                            "dpo_synthetic.py"))
-_dpo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_dpo)
+from jaxpref.configs_base import load_config_file
 
 
 def get_config():
-    c = _dpo.get_config()  # same task, model, data and optimiser as the DPO baseline
+    # same task, model, data and optimiser as the DPO baseline
+    c = load_config_file(os.path.join(os.path.dirname(__file__), "dpo_synthetic.py"))
     c.algorithm = "ropo"
     c.data.flip_rate = 0.2
     c.train.num_epochs = 2.0  # per round: 2 rounds x 2 epochs = the DPO baseline's 4 epochs

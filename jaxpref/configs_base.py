@@ -9,6 +9,18 @@ from __future__ import annotations
 import ml_collections
 
 
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """``get_config()`` of a config file (what ``--config=path`` loads), for tests and derived configs."""
+    import importlib.util
+    import os
+
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(f"jaxpref_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.algorithm = "dpo"  # dpo | ropo | reward_conditioned | apo

@@ -18,13 +18,20 @@ _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
 
 
 def run(cfg, workdir: str, *, progress: bool = True) -> dict:
-    """Dispatch on ``cfg.algorithm``; raises ``ValueError`` for an unknown name."""
+    """Dispatch on ``cfg.algorithm``; raises ``ValueError`` for an unknown name.
+
+    A config with a ``task`` section runs on the gold-reward task (one seed, ``data.flip_rate``)."""
     from jaxpref.algorithms import ALGORITHMS, PLANNED
 
     name = cfg.get("algorithm", "dpo")
     if name not in ALGORITHMS:
         hint = " (not implemented yet)" if name in PLANNED else ""
         raise ValueError(f"config.algorithm={name!r}{hint}; available: {sorted(ALGORITHMS)}.")
+    if cfg.get("task"):
+        from jaxpref.eval import experiment
+
+        td = experiment.build_task_data(cfg, cfg.seed, progress=progress)
+        return experiment.run_one(cfg, td, cfg.data.get("flip_rate", 0.0), cfg.seed, workdir, progress=progress)
     return ALGORITHMS[name](cfg, workdir, progress=progress)
 
 

@@ -1,6 +1,5 @@
 """Real pairs with a real model: DPO of SmolLM2-135M on the shipped HH pairs (slow; `pytest -m slow`)."""
 
-import importlib.util
 import os
 
 import numpy as np
@@ -8,16 +7,14 @@ import pytest
 
 from hf_fixtures import smollm2_hf_dir
 
+from jaxpref.configs_base import load_config_file
+
 
 @pytest.mark.slow
 def test_smollm2_dpo_on_hh_reports_preference_accuracy(tmp_path):
     from jaxpref.train import Trainer
 
-    spec = importlib.util.spec_from_file_location("cfg", os.path.join(os.path.dirname(__file__), "..", "configs",
-                                                                       "dpo_smollm2_hh.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
+    cfg = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "dpo_smollm2_hh.py"))
     path = smollm2_hf_dir()
     cfg.model.hf_dir = cfg.tokenizer.path = path
     cfg.data.max_rows = 48

@@ -1,6 +1,5 @@
 """ROPO: the exact w-step against brute force, one full loop on a tiny task, and mid-round resume."""
 
-import importlib.util
 import itertools
 import json
 import os
@@ -9,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxpref.configs_base import load_config_file
 from jaxpref import data as D
 from jaxpref.algorithms import ropo
 from jaxpref.train import trainer as trainer_mod
@@ -37,11 +37,7 @@ def test_weight_update_equals_brute_force(seed):
 
 
 def _tiny_cfg():
-    spec = importlib.util.spec_from_file_location("ropo_synthetic", os.path.join(os.path.dirname(__file__), "..",
-                                                                                 "configs", "ropo_synthetic.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
+    cfg = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "ropo_synthetic.py"))
     cfg.task.num_sft_prompts, cfg.task.sft_steps = 256, 40
     cfg.task.num_pair_prompts, cfg.task.num_eval_prompts = 64, 32
     cfg.task.hidden = 32

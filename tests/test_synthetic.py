@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from jaxpref.configs_base import load_config_file
 from jaxpref import data as D
 from jaxpref import models as M
 from jaxpref.eval import metrics as Me
@@ -105,16 +106,11 @@ def test_sequence_logps_and_kl_on_fixed_samples():
 
 def test_pipeline_smoke(tmp_path):
     """The whole harness end to end on a tiny config (checks the plumbing, not the result)."""
-    import importlib.util
     import os
 
     from jaxpref.eval import experiment
 
-    spec = importlib.util.spec_from_file_location("dpo_synthetic", os.path.join(os.path.dirname(__file__), "..",
-                                                                                 "configs", "dpo_synthetic.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
+    cfg = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "dpo_synthetic.py"))
     cfg.task.num_sft_prompts, cfg.task.sft_steps = 256, 40
     cfg.task.num_pair_prompts, cfg.task.num_eval_prompts = 64, 32
     cfg.task.hidden = 32

@@ -1,7 +1,6 @@
 """Training core: sharded = single-device step, exact accumulation, resume, preemption, NaN stop, DPO learns,
 reference cache, CLI errors."""
 
-import json
 import os
 import signal
 import subprocess

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-
-import jax
-
+from jaxpref.train.logging import write_results
 from jaxpref.train.trainer import Trainer
 
 
 def run(cfg, workdir: str, *, progress: bool = True) -> dict:
-    """Train, evaluate on the eval split (if any), export the policy as a HF directory; write results.json.
-
-    With a ``task`` section in the config, runs on the gold-reward task instead (one seed, ``data.flip_rate``).
-    """
-    if cfg.get("task"):
-        from jaxpref.eval import experiment
-
-        td = experiment.build_task_data(cfg, cfg.seed, progress=progress)
-        return experiment.run_one(cfg, td, cfg.data.get("flip_rate", 0.0), cfg.seed, workdir, progress=progress)
+    """Train, evaluate on the eval split (if any), export the policy as a HF directory; write results.json."""
     trainer = Trainer(cfg, workdir, progress=progress)
     try:
         summary = trainer.fit()
@@ -28,9 +16,7 @@ def run(cfg, workdir: str, *, progress: bool = True) -> dict:
             result["hf_export"] = trainer.export_hf()
     finally:
         trainer.close()
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(result, f, indent=2, default=float)
+    write_results(workdir, result)
     return result
 
 

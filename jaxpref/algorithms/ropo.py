@@ -46,15 +46,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxpref import data as D
 from jaxpref.losses import dpo_loss, ropo_loss
 from jaxpref.models.generate import generate, left_pad
+from jaxpref.train.logging import write_results
 from jaxpref.train.trainer import Trainer, batch_options, build_model, host_tree, load_rows
 
 log = logging.getLogger(__name__)
@@ -298,12 +297,7 @@ def run_rounds(cfg, workdir: str, rows: D.PreferenceDataset, *, model_and_params
 
 
 def run(cfg, workdir: str, *, progress: bool = True) -> dict:
-    """``python -m jaxpref.main`` entry: real data (or the gold-reward task when the config has ``task``)."""
-    if cfg.get("task"):
-        from jaxpref.eval import experiment
-
-        td = experiment.build_task_data(cfg, cfg.seed, progress=progress)
-        return experiment.run_one(cfg, td, cfg.data.get("flip_rate", 0.0), cfg.seed, workdir, progress=progress)
+    """``python -m jaxpref.main`` entry on real data: the ROPO loop, final evaluation, HF export, results.json."""
     rows, eval_rows = load_rows(cfg)
     summary, trainer = run_rounds(cfg, workdir, rows, model_and_params=build_model(cfg), eval_rows=eval_rows,
                                   progress=progress)
@@ -311,9 +305,7 @@ def run(cfg, workdir: str, *, progress: bool = True) -> dict:
     if cfg.get("export", {}).get("hf", True):
         result["hf_export"] = trainer.export_hf(os.path.join(workdir, "hf_export"))
     trainer.close()
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(result, f, indent=2, default=float)
+    write_results(workdir, result)
     return result
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from jaxpref import data as D
 from jaxpref.eval import metrics as Me
 from jaxpref.eval import synthetic as S
+from jaxpref.train.logging import write_results
 
 SCALARS = ("gold_reward", "gold_reward_greedy", "win_rate", "clean_accuracy", "kl")
 
@@ -64,8 +65,7 @@ def run_one(cfg, td: S.TaskData, flip_rate: float, seed: int, workdir: str, prog
     result = synthetic_runner(cfg.algorithm)(cfg, td, noisy, workdir, progress=progress)
     result.update(flip_rate=flip_rate, seed=seed, num_pairs=len(noisy), num_flipped=int(flipped.sum()),
                   train_seconds=time.time() - t0)
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(result, f, indent=2, default=float)
+    write_results(workdir, result)
     return result
 
 
@@ -121,8 +121,7 @@ def run_experiment(cfg, flip_rates, seeds, out_dir: str, progress: bool = True) 
     summary = aggregate(runs)
     result = {"algorithm": cfg.algorithm, "config": json.loads(cfg.to_json_best_effort()), "runs": runs,
               "summary": summary}
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(result, f, indent=2, default=float)
+    write_results(out_dir, result)
     plot(summary, os.path.join(out_dir, "plot.png"), f"{cfg.algorithm} on the gold-reward task ({len(seeds)} seeds)")
     return result
 

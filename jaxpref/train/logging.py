@@ -48,3 +48,12 @@ def read_metrics(workdir: str) -> list[dict]:
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def write_results(workdir: str, result: dict) -> None:
+    """Write ``<workdir>/results.json`` (process 0 only; floats from numpy/jax are converted)."""
+    if jax.process_index() != 0:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(result, f, indent=2, default=float)

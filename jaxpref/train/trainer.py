@@ -12,7 +12,7 @@ import math
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,7 @@ from jaxpref import sharding as S
 from jaxpref.train import refcache
 from jaxpref.train.checkpoint import Checkpointer, abstract_with_shardings
 from jaxpref.train.logging import MetricLogger
-from jaxpref.train.state import TrainState, create_sharded_state, make_optimizer, state_shardings
+from jaxpref.train.state import create_sharded_state, make_optimizer, state_shardings
 from jaxpref.train.step import PairLoss, StepFns, device_batch, dpo_pair_loss
 
 log = logging.getLogger(__name__)
