@@ -152,3 +152,16 @@ def dpo_7b_config(hf_dir: str, tokenizer_path: str) -> ml_collections.ConfigDict
     c.reference.mode = "cached"
     c.mesh.fsdp = -1
     return c
+
+
+def ropo_7b_config(hf_dir: str, tokenizer_path: str) -> ml_collections.ConfigDict:
+    """ROPO on a 7B-class checkpoint (Mistral-7B / Llama-2-7B as in the paper): the DPO 7B setup plus
+    ``config.ropo`` (the paper's loop details are open; see ``ropo_config``)."""
+    c = dpo_7b_config(hf_dir, tokenizer_path)
+    c.algorithm = "ropo"
+    c.reference.mode = "frozen"  # rejection-sampled pairs need reference log-probs of new responses
+    c.ropo.rounds = 3
+    c.ropo.filter_ratio = 0.2
+    c.ropo.alpha = 14.0
+    c.ropo.max_new_tokens = 256
+    return c

@@ -1,0 +1,11 @@
+"""ROPO on Llama-2-7B (real shapes; the paper's base models). Point it at the checkpoint, e.g.
+
+    python -m jaxpref.main --config=configs/ropo_llama2.py --workdir=/ckpt/ropo_llama2 \
+        --config.model.hf_dir=/models/Llama-2-7b-hf --config.tokenizer.path=/models/Llama-2-7b-hf --config.data.train_path=/data/pairs.jsonl
+"""
+
+from jaxpref.configs_base import ropo_7b_config
+
+
+def get_config():
+    return ropo_7b_config(hf_dir="/models/Llama-2-7b-hf", tokenizer_path="/models/Llama-2-7b-hf")
