@@ -203,6 +203,16 @@ def rejection_sample(trainer: Trainer, policy_params, ref_params, rows: list[dic
 # ---- the loop ---------------------------------------------------------------------------------------------
 
 
+def _pair_metrics(policy: tuple, reference: tuple, beta: float, losses: np.ndarray) -> dict:
+    """The trainer's evaluation metrics, from log-probs the w-step already computed (no second pass)."""
+    chosen = beta * (np.asarray(policy[0]) - np.asarray(reference[0]))
+    rejected = beta * (np.asarray(policy[1]) - np.asarray(reference[1]))
+    return {"loss": float(np.mean(losses)), "rewards/chosen": float(chosen.mean()),
+            "rewards/rejected": float(rejected.mean()), "rewards/accuracies": float(np.mean(chosen > rejected)),
+            "rewards/margins": float(np.mean(chosen - rejected)), "logps/chosen": float(np.mean(policy[0])),
+            "logps/rejected": float(np.mean(policy[1]))}
+
+
 def _flag_metrics(rows: list[dict], discarded_ids: set[str]) -> dict:
     known = [r for r in rows if "flipped" in r]
     if not known:
@@ -275,7 +285,8 @@ def run_rounds(cfg, workdir: str, rows: D.PreferenceDataset, *, model_and_params
             **_flag_metrics(current, {row["id"] for row in discarded}),
             "train_rows": current,
             "next_rows": kept + new_rows,
-            "train_metrics": trainer.evaluate(trainer.batcher),
+            "train_metrics": _pair_metrics(pol, ref, beta, per_pair_losses(
+                pol, ref, kind=rcfg.get("train_loss", "ropo"), alpha=alpha, beta=beta)),
         }
         if jax.process_index() == 0:
             with open(record_path + ".tmp", "w") as f:
