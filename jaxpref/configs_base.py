@@ -23,7 +23,7 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.algorithm = "dpo"  # dpo | ropo | reward_conditioned | apo
+    c.algorithm = "dpo"  # dpo | ropo | reward_conditioned | apo | reward_model
     c.seed = 0  # seeds model init, data order, eval split, label flips and sampling
 
     c.model = ml_collections.ConfigDict()
@@ -102,6 +102,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.distributed.cpu_collectives = ""  # "gloo" for multi-process CPU runs
 
     c.ropo = ropo_config()
+    c.reward_conditioned = reward_conditioned_config()
+    c.reward_model = reward_model_config(c.train)
+    c.apo = apo_config()
 
     c.export = ml_collections.ConfigDict()
     c.export.hf = True  # write <workdir>/hf_export as a Hugging Face directory at the end
@@ -126,6 +129,58 @@ def ropo_config() -> ml_collections.ConfigDict:
     r.max_new_tokens = 128
     r.restart_from_initial = False  # restart each theta-step from pi_0 instead of the previous round's policy
     return r
+
+
+def reward_conditioned_config() -> ml_collections.ConfigDict:
+    """``config.reward_conditioned``: read only when ``algorithm == "reward_conditioned"``; see
+    ``jaxpref/algorithms/reward_conditioned.py`` and ``jaxpref/data/relabel.py``."""
+    from jaxpref.data.relabel import DEFAULT_GOAL_TEMPLATE
+
+    r = ml_collections.ConfigDict()
+    r.template = DEFAULT_GOAL_TEMPLATE  # goal text; {score}, {min}, {max} are filled in (8 not 8.0)
+    r.ties = "keep"  # keep (authors' behaviour: two contradicting pairs -> "no preference") | drop | error
+    r.half = False  # keep a seeded random half of the 2N relabelled pairs (the paper's same-size ablation)
+    r.scale_min = 1.0  # the score scale; scores outside it are a DataError
+    r.scale_max = 10.0
+    r.inference_goal = ml_collections.FieldReference(None, field_type=float)  # goal at inference; None = scale_max
+    r.system_role = "auto"  # goal as a system message: auto (if the chat template has one) | True | False
+    r.scores = "data"  # data (score_chosen/score_rejected) | implicit (a DPO policy's implicit reward, rank-scaled)
+    r.implicit_policy_dir = ""  # for scores=implicit: a trained DPO policy (HF dir); empty = train one first
+    return r
+
+
+def reward_model_config(train: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config.reward_model``: the reward model of ``algorithm = "reward_model"`` and of APO; see
+    ``jaxpref/algorithms/reward_model.py``. ``train`` is the RM's own optimizer/schedule section (same keys
+    as ``config.train``); it starts as a copy of the policy's with the APO paper's RM recipe."""
+    r = ml_collections.ConfigDict()
+    r.train = train.copy_and_resolve_references()
+    r.train.learning_rate = 1e-6  # APO's RM lr
+    r.train.num_epochs = 1.0
+    r.margin = 0.0  # Bradley-Terry margin on human pairs (0 = none)
+    r.label_smoothing = 0.0
+    r.head_seed = 0  # seed of the fresh scalar head
+    return r
+
+
+def apo_config() -> ml_collections.ConfigDict:
+    """``config.apo``: adversarial preference optimization (Cheng et al. 2023; not TRL's anchored ``apo_zero``);
+    see ``jaxpref/algorithms/apo.py``."""
+    a = ml_collections.ConfigDict()
+    a.rounds = 3
+    a.samples_per_prompt = 4  # K: policy samples per prompt, for both the RM's adversarial pairs and best-of-K
+    a.rank_weight = 1.0  # c_rank: human-pair Bradley-Terry term (0 = the paper's GAIL-style ablation)
+    a.apo_weight = 0.1  # c_apo: adversarial (golden vs sample) term; 0 = the base-RM baseline (same compute)
+    a.form = "ranking"  # ranking (-log sigma(r_gold - r_sample)) | diff (-(r_gold - r_sample), WGAN-style)
+    a.rm_reinit = True  # re-initialise the RM from its base every round (the paper found continuing worse)
+    a.policy_update = "rejection_sampling"  # rejection_sampling (SFT on the best of K) | dpo (best vs worst of K)
+    a.policy_learning_rates = (5e-6, 2e-6, 9e-7)  # per round (the last repeats); empty = config.train.learning_rate
+    a.temperature = 1.2  # sampling for RM and policy data
+    a.top_p = 1.0
+    a.max_new_tokens = 256
+    a.golden_field = "golden"  # real data: the row field holding the golden (stronger-model) answer
+    a.policy_prompt_fraction = 0.5  # real data: share of the rows whose prompts feed the policy step
+    return a
 
 
 def dpo_7b_config(hf_dir: str, tokenizer_path: str) -> ml_collections.ConfigDict:

@@ -39,6 +39,9 @@ __all__ = [
     "ropo_loss",
     "ropo_gradient_weight",
     "bradley_terry_loss",
+    "adversarial_rm_loss",
+    "adversarial_rm_pair_losses",
+    "adversarial_rm_pair_weights",
     "weighted_mean",
     "weighted_sum_and_weight",
 ]
@@ -402,6 +405,67 @@ def bradley_terry_loss(
     if margin is not None:
         d = d - jnp.asarray(margin)
     return _smoothed_logistic(d, label_smoothing)
+
+
+ADVERSARIAL_RM_FORMS = ("ranking", "diff")
+
+
+def adversarial_rm_pair_losses(chosen_scores: Array, rejected_scores: Array, adversarial: Array, *,
+                       form: str = "ranking", margin: Array | float | None = None,
+                       label_smoothing: float = 0.0) -> Array:
+    r"""Per-pair terms of the reward-model loss of APO -- *adversarial* preference optimization (Cheng et al.
+    2023), not TRL's anchored ``apo_zero``/``apo_down`` -- ``[N]``.
+
+    With ``d = r(x, y_chosen) - r(x, y_rejected)``: a human pair (``adversarial`` false) costs the Bradley-Terry
+    term of :func:`bradley_terry_loss` (``margin``, ``label_smoothing``); an adversarial pair -- chosen = the
+    golden answer, rejected = a policy sample -- costs ``-log sigma(d)`` (``form="ranking"``) or the raw gap
+    ``-d`` (``form="diff"``, the paper's WGAN-style ablation).
+    """
+    if form not in ADVERSARIAL_RM_FORMS:
+        raise ValueError(f"form must be one of {ADVERSARIAL_RM_FORMS}, got {form!r}.")
+    d = jnp.asarray(chosen_scores) - jnp.asarray(rejected_scores)
+    human = bradley_terry_loss(chosen_scores, rejected_scores, margin=margin, label_smoothing=label_smoothing)
+    adv = -jax.nn.log_sigmoid(d) if form == "ranking" else -d
+    return jnp.where(jnp.asarray(adversarial, bool), adv, human)
+
+
+def adversarial_rm_pair_weights(adversarial: Array, *, rank_weight: float = 1.0, apo_weight: float = 0.1,
+                        samples_per_prompt: int = 4, mask: Array | None = None) -> Array:
+    r"""Per-pair weights ``w`` such that ``sum_i w_i * adversarial_rm_pair_losses_i`` is the APO RM objective over a
+    set of ``N_h`` human pairs and ``P`` prompts x ``K = samples_per_prompt`` adversarial pairs::
+
+        L_RM = rank_weight * (1/N_h) sum_h l_h + (apo_weight / K) * (1/P) sum_p sum_k l_pk
+
+    i.e. ``w = rank_weight / N_h`` on human pairs and ``apo_weight / (K P) = apo_weight / N_a`` on adversarial
+    ones (``mask`` 0 = padding, weight 0). ``apo_weight = 0`` is the base RM (human pairs only).
+    """
+    adversarial = jnp.asarray(adversarial, bool)
+    mask = jnp.ones(adversarial.shape, bool) if mask is None else jnp.asarray(mask, bool)
+    n_adv = jnp.sum(adversarial & mask)
+    n_human = jnp.sum(~adversarial & mask)
+    del samples_per_prompt  # enters only through P = N_a / K, which cancels: apo_weight / K / P = apo_weight / N_a
+    w_adv = jnp.where(n_adv > 0, apo_weight / jnp.maximum(n_adv, 1), 0.0)
+    w_human = jnp.where(n_human > 0, rank_weight / jnp.maximum(n_human, 1), 0.0)
+    return jnp.where(mask, jnp.where(adversarial, w_adv, w_human), 0.0)
+
+
+def adversarial_rm_loss(chosen_scores: Array, rejected_scores: Array, adversarial: Array, *, rank_weight: float = 1.0,
+                apo_weight: float = 0.1, samples_per_prompt: int = 4, form: str = "ranking",
+                mask: Array | None = None, margin: Array | float | None = None,
+                label_smoothing: float = 0.0) -> Array:
+    r"""The APO reward-model loss (scalar) over one set of scored pairs (see :func:`adversarial_rm_pair_weights`)::
+
+        L_RM = c_rank * mean_{human} -log sigma(r(y+) - r(y-))
+             + (c_apo / K) * (1/P) sum_p sum_{k<K} l(r(y_gold,p) - r(y_pk)),   l = -log sigma(.) or -(.)
+
+    Defaults ``c_rank = 1``, ``c_apo = 0.1``, ``K = 4`` (the APO README). ``adversarial[i]`` marks the
+    (golden, sample) pairs, whose chosen score is the golden answer's.
+    """
+    losses = adversarial_rm_pair_losses(chosen_scores, rejected_scores, adversarial, form=form, margin=margin,
+                                label_smoothing=label_smoothing)
+    weights = adversarial_rm_pair_weights(adversarial, rank_weight=rank_weight, apo_weight=apo_weight,
+                                  samples_per_prompt=samples_per_prompt, mask=mask)
+    return jnp.sum(losses * weights)
 
 
 def weighted_sum_and_weight(values: Array, weights: Array | None = None) -> tuple[Array, Array]:

@@ -5,11 +5,13 @@ task when the config has a ``task`` section); :func:`synthetic_runner` gives the
 already-built gold-reward-task rows (used by :mod:`jaxpref.eval.experiment`).
 """
 
-from jaxpref.algorithms import dpo, ropo
+from jaxpref.algorithms import apo, dpo, reward_conditioned, reward_model, ropo
 
-ALGORITHMS = {"dpo": dpo.run, "ropo": ropo.run}
-PLANNED = ("reward_conditioned", "apo")
-_SYNTHETIC = {"dpo": dpo.run_on_task, "ropo": ropo.run_on_task}
+ALGORITHMS = {"dpo": dpo.run, "ropo": ropo.run, "reward_conditioned": reward_conditioned.run, "apo": apo.run,
+              "reward_model": reward_model.run}
+PLANNED: tuple[str, ...] = ()
+_SYNTHETIC = {"dpo": dpo.run_on_task, "ropo": ropo.run_on_task, "reward_conditioned": reward_conditioned.run_on_task,
+              "apo": apo.run_on_task}
 
 
 def synthetic_runner(name: str):

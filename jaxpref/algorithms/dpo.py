@@ -22,7 +22,7 @@ def run(cfg, workdir: str, *, progress: bool = True) -> dict:
 
 def run_on_task(cfg, td, rows, workdir: str, *, progress: bool = False) -> dict:
     """Train from the task's SFT policy on ``rows``; evaluate on held-out prompts and clean pairs."""
-    from jaxpref.eval.experiment import evaluate_policy
+    from jaxpref.eval.experiment import evaluate_policy, high_rejected_unlearning
 
     trainer = Trainer(cfg, workdir, rows=rows, eval_rows=td.eval_rows, model_and_params=(td.model, td.sft_params),
                       progress=progress)
@@ -30,7 +30,8 @@ def run_on_task(cfg, td, rows, workdir: str, *, progress: bool = False) -> dict:
         trainer.fit(resume=False)
         clean = trainer.evaluate()["rewards/accuracies"]
         result = {"algorithm": cfg.algorithm, **evaluate_policy(td, trainer.state.params, clean_accuracy=clean,
-                                                                seed=cfg.seed)}
+                                                                seed=cfg.seed),
+                  "unlearning_high_rejected": high_rejected_unlearning(td, trainer.state.params, rows)}
     finally:
         trainer.close()
     return result

@@ -51,10 +51,10 @@ import jax
 import numpy as np
 
 from jaxpref import data as D
+from jaxpref.algorithms import sampling as Sm
 from jaxpref.losses import dpo_loss, ropo_loss
-from jaxpref.models.generate import generate, left_pad
 from jaxpref.train.logging import write_results
-from jaxpref.train.trainer import Trainer, batch_options, build_model, host_tree, load_rows
+from jaxpref.train.trainer import Trainer, build_model, host_tree, load_rows
 
 log = logging.getLogger(__name__)
 
@@ -87,26 +87,6 @@ def ropo_pair_loss(ropo_cfg, beta: float):
 # ---- scoring pairs with the current policy and the reference ----------------------------------------------
 
 
-def pair_logps(trainer: Trainer, params, pairs: list[D.TokenizedPair]) -> tuple[np.ndarray, np.ndarray]:
-    """Summed response log-probs ``(chosen [N], rejected [N])`` of ``pairs`` under ``params`` (placed like the
-    trainer's params), in the order of ``pairs``."""
-    batcher = D.PairBatcher(pairs, batch_options(trainer.cfg, shuffle=False), pad_id=trainer.tokenizer.pad_id,
-                            process_index=jax.process_index(), process_count=jax.process_count())
-    index = {id(p): n for n, p in enumerate(pairs)}
-    chosen = np.zeros(len(pairs), np.float32)
-    rejected = np.zeros(len(pairs), np.float32)
-    for indices in batcher.epoch_plan(0):
-        local = batcher.make_batch(indices)
-        _, _, out = trainer.step_fns.evaluate(params, None if trainer.reference != "frozen" else trainer.ref_params,
-                                              trainer._to_device(local, with_ref=False))
-        got = host_tree({"c": out["policy_chosen"], "r": out["policy_rejected"]})
-        for j, i in enumerate(indices + [-1] * (len(got["c"]) - len(indices))):
-            if i >= 0:
-                n = index[id(batcher.pairs[i])]
-                chosen[n], rejected[n] = got["c"][j], got["r"][j]
-    return chosen, rejected
-
-
 def per_pair_losses(policy: tuple, reference: tuple, *, kind: str, alpha: float, beta: float) -> np.ndarray:
     """``l_i`` of every pair from its policy and reference log-probs (``kind``: ``"ropo"`` or ``"dpo"``)."""
     (pc, pr), (rc, rr) = policy, reference
@@ -122,22 +102,10 @@ def per_pair_losses(policy: tuple, reference: tuple, *, kind: str, alpha: float,
 # ---- rejection sampling --------------------------------------------------------------------------------
 
 
-def _prompt_ids(tokenizer, prompt) -> list[int]:
-    text = tokenizer.render_chat(prompt, add_generation_prompt=True) if isinstance(prompt, list) else prompt
-    ids = tokenizer.encode(text)
-    return ids if (ids and ids[0] == tokenizer.bos_id) or tokenizer.bos_id is None else [tokenizer.bos_id] + ids
-
-
-def _response_text(tokenizer, ids: list[int]) -> str:
-    text = tokenizer.decode(ids)
-    return " " + text if isinstance(tokenizer, D.IntTokenizer) else text
-
-
 def rejection_sample(trainer: Trainer, policy_params, ref_params, rows: list[dict], *, round_index: int,
                      rcfg, beta: float, seed: int) -> list[dict]:
     """New pairs for discarded ``rows``: most vs least implicit-reward candidate among ``num_candidates``
     policy samples (+ the originals). Prompts whose candidates all coincide get no new pair."""
-    tok, model = trainer.tokenizer, trainer.model
     k = int(rcfg.get("num_candidates", 4))
     max_new = int(rcfg.get("max_new_tokens", trainer.cfg.data.max_length // 2))
     text_rows = [r for r in rows if isinstance(r["prompt"], str)]
@@ -145,58 +113,28 @@ def rejection_sample(trainer: Trainer, policy_params, ref_params, rows: list[dic
         log.warning("rejection sampling skips %d conversational prompts", len(rows) - len(text_rows))
     if not text_rows:
         return []
-    prompts = [_prompt_ids(tok, r["prompt"]) for r in text_rows]
-    limit = trainer.tok_options.max_prompt_length
-    if limit:
-        prompts = [p[-limit:] if len(p) > limit else p for p in prompts]
-    ids, mask = left_pad([p for p in prompts for _ in range(k)], pad_token_id=tok.pad_id)
-    host_policy = host_tree(policy_params)
-    out = generate(model, host_policy, ids, mask, max_new_tokens=max_new, rng=seed * 7919 + round_index,
-                   temperature=rcfg.get("temperature", 1.0), top_p=rcfg.get("top_p", 1.0), eos_token_id=tok.eos_id,
-                   pad_token_id=tok.pad_id)
-    tokens, gmask = np.asarray(out.tokens), np.asarray(out.mask)
-    new_rows = []
-    cand_pairs, owners = [], []
-    candidates: list[list[str]] = []
-    for n, row in enumerate(text_rows):
-        cands = []
-        for j in range(k):
-            resp = [int(t) for t, m in zip(tokens[n * k + j], gmask[n * k + j]) if m and int(t) != tok.eos_id]
-            if resp:
-                cands.append(_response_text(tok, resp))
+    prompts = [r["prompt"] for r in text_rows]
+    samples = Sm.sample_responses(trainer, policy_params, prompts, k, max_new_tokens=max_new,
+                                  seed=seed * 7919 + round_index, temperature=rcfg.get("temperature", 1.0),
+                                  top_p=rcfg.get("top_p", 1.0))
+    candidates = []
+    for row, cands in zip(text_rows, samples):
         if rcfg.get("include_originals", True):
-            cands += [row["chosen"], row["rejected"]]
-        cands = list(dict.fromkeys(c for c in cands if c.strip()))
-        candidates.append(cands)
-        for a in range(0, len(cands), 2):
-            b = a + 1 if a + 1 < len(cands) else a
-            try:
-                p, c, r = D.tokenize_pair({"prompt": row["prompt"], "chosen": cands[a], "rejected": cands[b]}, tok,
-                                          trainer.tok_options)
-            except Exception:  # a candidate that cannot fit max_length is dropped
-                continue
-            cand_pairs.append(D.TokenizedPair(len(cand_pairs), f"{row['id']}#{a}", np.asarray(p, np.int32),
-                                              np.asarray(c, np.int32), np.asarray(r, np.int32)))
-            owners.append((n, a, b))
-    if not cand_pairs:
-        return []
-    pol = pair_logps(trainer, policy_params, cand_pairs)
-    ref = pair_logps(trainer, ref_params, cand_pairs)
-    rewards: dict[int, dict[int, float]] = {}
-    for q, (n, a, b) in enumerate(owners):
-        rewards.setdefault(n, {})[a] = beta * (pol[0][q] - ref[0][q])
-        rewards[n][b] = beta * (pol[1][q] - ref[1][q])
-    for n, scored in rewards.items():
-        if len(scored) < 2:
+            cands = cands + [row["chosen"], row["rejected"]]
+        candidates.append(list(dict.fromkeys(c for c in cands if c.strip())))
+
+    def implicit_reward(pairs):
+        pol, ref = trainer.pair_logps(policy_params, pairs), trainer.pair_logps(ref_params, pairs)
+        return beta * (pol[0] - ref[0]), beta * (pol[1] - ref[1])
+
+    new_rows = []
+    for row, cands, scored in zip(text_rows, candidates, Sm.score_candidates(trainer, prompts, candidates,
+                                                                            implicit_reward)):
+        bw = Sm.best_and_worst(scored)
+        if bw is None or cands[bw[0]] == cands[bw[1]]:
             continue
-        best = max(scored, key=scored.get)
-        worst = min(scored, key=scored.get)
-        if best == worst or candidates[n][best] == candidates[n][worst]:
-            continue
-        row = text_rows[n]
-        new = {"id": f"{row['id']}/rs{round_index}", "prompt": row["prompt"], "chosen": candidates[n][best],
-               "rejected": candidates[n][worst], "resampled_from": row["id"]}
-        new_rows.append(new)
+        new_rows.append({"id": f"{row['id']}/rs{round_index}", "prompt": row["prompt"], "chosen": cands[bw[0]],
+                         "rejected": cands[bw[1]], "resampled_from": row["id"]})
     return new_rows
 
 
@@ -261,8 +199,8 @@ def run_rounds(cfg, workdir: str, rows: D.PreferenceDataset, *, model_and_params
         # w-step over the pairs that survived tokenization (the trainer's pairs)
         pairs = trainer.pairs
         ref_placed = jax.device_put(params0, trainer.shardings.params)
-        pol = pair_logps(trainer, trainer.state.params, pairs)
-        ref = pair_logps(trainer, ref_placed, pairs)
+        pol = trainer.pair_logps(trainer.state.params, pairs)
+        ref = trainer.pair_logps(ref_placed, pairs)
         losses = per_pair_losses(pol, ref, kind=rcfg.get("filter_loss", "ropo"), alpha=alpha, beta=beta)
         num_keep = int(round((1.0 - rcfg.filter_ratio) * len(pairs)))
         weights = ropo_weight_update(losses, num_keep)

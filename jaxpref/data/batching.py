@@ -4,7 +4,8 @@ A batch holds ``P`` pairs (``pairs_per_batch``, global) as numpy arrays::
 
     input_ids, attention_mask, positions, segment_ids, loss_mask, sequence_ids   [R, L] int32
     score_index, score_mask                                                       [R, W] int32
-    pair_weight [P] float32 (0 = padding pair), pair_index [P] int32 (-1 = padding)
+    pair_weight [P] float32 (the pair's weight, default 1; 0 = padding pair), pair_index [P] int32 (-1 = padding)
+    pair_group [P] int32 (the pair's group, default 0; e.g. APO's adversarial pairs are 1)
     chosen_lengths, rejected_lengths [P] float32 (response tokens)
 
 ``score_index[r]`` lists the positions ``t`` of row ``r`` (in the next-token frame: hidden state ``t``
@@ -211,12 +212,13 @@ class PairBatcher:
         segments = np.zeros(rows, np.int64)
         weight = np.zeros(len(local), np.float32)
         index = np.full(len(local), -1, np.int32)
+        group = np.zeros(len(local), np.int32)
         lengths = np.zeros((2, len(local)), np.float32)
         for j, i in enumerate(local):
             if i < 0:
                 continue
             p = self.pairs[i]
-            weight[j], index[j] = 1.0, i
+            weight[j], index[j], group[j] = p.weight, i, p.group
             for k, response in enumerate((p.chosen_ids, p.rejected_ids)):
                 seq = np.concatenate([p.prompt_ids, response])
                 n = len(seq)
@@ -250,7 +252,7 @@ class PairBatcher:
             where = np.flatnonzero(targets[r])
             arrays["score_index"][r, :len(where)] = where
             arrays["score_mask"][r, :len(where)] = 1
-        arrays.update(pair_weight=weight, pair_index=index, chosen_lengths=lengths[0], rejected_lengths=lengths[1])
+        arrays.update(pair_weight=weight, pair_index=index, pair_group=group, chosen_lengths=lengths[0], rejected_lengths=lengths[1])
         return arrays
 
     # ---- iteration and state -------------------------------------------------------------------------

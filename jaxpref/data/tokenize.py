@@ -204,6 +204,8 @@ class TokenizedPair:
     prompt_ids: np.ndarray
     chosen_ids: np.ndarray
     rejected_ids: np.ndarray
+    weight: float = 1.0  # the row's "weight" (default 1): the pair's weight in the step's weighted reduction
+    group: int = 0  # the row's "group" (default 0): e.g. 1 = APO adversarial (golden, sample) pair
 
     @property
     def length(self) -> int:
@@ -282,7 +284,7 @@ def tokenize_dataset(
             skipped.append((row["id"], str(e)))
             continue
         out.append(TokenizedPair(i, row["id"], np.asarray(p, np.int32), np.asarray(c, np.int32),
-                                 np.asarray(r, np.int32)))
+                                 np.asarray(r, np.int32), float(row.get("weight", 1.0)), int(row.get("group", 0))))
     if skipped:
         log.warning("tokenization skipped %d rows (first: %s)", len(skipped), skipped[:3])
     if not out:

@@ -29,7 +29,8 @@ SCALARS = ("gold_reward", "gold_reward_greedy", "win_rate", "clean_accuracy", "k
 
 def task_from_config(cfg) -> S.GoldTask:
     t = cfg.task
-    return S.GoldTask(vocab_size=t.vocab_size, prompt_length=t.prompt_length, length_penalty=t.length_penalty)
+    return S.GoldTask(vocab_size=t.vocab_size, prompt_length=t.prompt_length, length_penalty=t.length_penalty,
+                      goal_tokens=t.get("goal_tokens", 0))
 
 
 def build_task_data(cfg, seed: int, progress: bool = False) -> S.TaskData:
@@ -40,20 +41,35 @@ def build_task_data(cfg, seed: int, progress: bool = False) -> S.TaskData:
         labeling=t.labeling, selection=t.selection, hidden=t.hidden, layers=t.layers, progress=progress)
 
 
-def evaluate_policy(td: S.TaskData, params, *, clean_accuracy: float | None = None, seed: int = 0) -> dict:
-    """Gold reward (temperature 1 and greedy), win rate vs the SFT policy, KL to it, on held-out prompts."""
-    ev = Me.sampled_gold_reward(td.task, td.model, params, td.eval_prompts, seed=seed + 2)
+def evaluate_policy(td: S.TaskData, params, *, clean_accuracy: float | None = None, seed: int = 0,
+                    prefix=()) -> dict:
+    """Gold reward (temperature 1 and greedy), win rate vs the SFT policy, KL to it, on held-out prompts
+    (the policy's prompts preceded by ``prefix``, e.g. a goal token; the SFT policy's never are)."""
+    ev = Me.sampled_gold_reward(td.task, td.model, params, td.eval_prompts, seed=seed + 2, prefix=prefix)
     out = {
         "gold_reward": ev["gold_reward_sampled"],
         "gold_reward_greedy": ev["gold_reward_greedy"],
         "win_rate": Me.win_rate(ev["rewards_sampled"], td.sft_eval["rewards_sampled"]),
-        "kl": Me.sampled_kl(td.task, td.model, params, td.sft_params, td.eval_prompts, seed=seed + 3),
+        "kl": Me.sampled_kl(td.task, td.model, params, td.sft_params, td.eval_prompts, seed=seed + 3, prefix=prefix),
         "sft_gold_reward": td.sft_eval["gold_reward_sampled"],
         "sft_gold_reward_greedy": td.sft_eval["gold_reward_greedy"],
     }
     if clean_accuracy is not None:
         out["clean_accuracy"] = clean_accuracy
     return out
+
+
+def high_rejected_unlearning(td: S.TaskData, params, rows, *, quantile: float = 0.75, prefix=()) -> float:
+    """Mean ``log pi(y_l|x) - log pi_sft(y_l|x)`` over the training ``rows`` whose rejected response has a gold
+    reward (``score_rejected``) at or above the ``quantile`` of rejected rewards: how much good-but-rejected
+    responses were unlearned (more negative = more). ``prefix`` (a goal token) conditions the policy only."""
+    gold = np.array([float(r["score_rejected"]) for r in rows])
+    high = [r for r, g in zip(rows, gold) if g >= np.quantile(gold, quantile)]
+    prompts = [[int(t) for t in r["prompt"].split()] for r in high]
+    responses = [[int(t) for t in r["rejected"].split()] + [S.EOS] for r in high]
+    pol = Me.sequence_logps_of(td.model, params, [[S.BOS] + list(prefix) + p for p in prompts], responses)
+    ref = Me.sequence_logps_of(td.model, td.sft_params, [[S.BOS] + p for p in prompts], responses)
+    return float(np.mean(pol - ref))
 
 
 def run_one(cfg, td: S.TaskData, flip_rate: float, seed: int, workdir: str, progress: bool = False) -> dict:

@@ -18,12 +18,14 @@ import numpy as np
 from jaxpref.logprobs import sequence_logprobs, token_logprobs
 
 
-def sampled_gold_reward(task, model, params, prompts: np.ndarray, *, seed: int = 0, temperature: float = 1.0) -> dict:
-    """``{"gold_reward_greedy", "gold_reward_sampled", "rewards_sampled"}`` on ``prompts``."""
+def sampled_gold_reward(task, model, params, prompts: np.ndarray, *, seed: int = 0, temperature: float = 1.0,
+                        prefix=()) -> dict:
+    """``{"gold_reward_greedy", "gold_reward_sampled", "rewards_sampled"}`` on ``prompts`` (each preceded by
+    ``prefix`` tokens, e.g. a goal token, which the gold reward does not see)."""
     from jaxpref.eval.synthetic import sample
 
-    greedy = sample(task, model, params, prompts, greedy=True, seed=seed)
-    sampled = sample(task, model, params, prompts, temperature=temperature, seed=seed)
+    greedy = sample(task, model, params, prompts, greedy=True, seed=seed, prefix=prefix)
+    sampled = sample(task, model, params, prompts, temperature=temperature, seed=seed, prefix=prefix)
     r_greedy = [task.gold_reward(p, s[0]) for p, s in zip(prompts, greedy)]
     r_sampled = [task.gold_reward(p, s[0]) for p, s in zip(prompts, sampled)]
     return {"gold_reward_greedy": float(np.mean(r_greedy)), "gold_reward_sampled": float(np.mean(r_sampled)),
@@ -56,15 +58,17 @@ def sequence_logps_of(model, params, prompts_with_bos: Sequence[Sequence[int]],
     return np.asarray(total)
 
 
-def sampled_kl(task, model, params, ref_params, prompts: np.ndarray, *, seed: int = 0, num_samples: int = 1) -> float:
-    """Monte-Carlo ``KL(pi || pi_ref)``: mean of ``log pi(y|x) - log pi_ref(y|x)`` over ``y ~ pi`` (temperature 1)."""
+def sampled_kl(task, model, params, ref_params, prompts: np.ndarray, *, seed: int = 0, num_samples: int = 1,
+               prefix=()) -> float:
+    """Monte-Carlo ``KL(pi || pi_ref)``: mean of ``log pi(y|x) - log pi_ref(y|x)`` over ``y ~ pi`` (temperature 1).
+    ``prefix`` (a goal token) conditions the policy only: the divergence of what is deployed from ``pi_ref``."""
     from jaxpref.eval.synthetic import BOS, sample
 
     # Score exactly what was sampled (EOS included when emitted; a response cut at max_new_tokens has none).
-    samples = sample(task, model, params, prompts, num_samples=num_samples, seed=seed, keep_eos=True)
+    samples = sample(task, model, params, prompts, num_samples=num_samples, seed=seed, keep_eos=True, prefix=prefix)
     flat_prompts = [[BOS] + list(p) for p, ss in zip(prompts, samples) for _ in ss]
     flat = [s for ss in samples for s in ss]
-    pol = sequence_logps_of(model, params, flat_prompts, flat)
+    pol = sequence_logps_of(model, params, [[BOS] + list(prefix) + p[1:] for p in flat_prompts], flat)
     ref = sequence_logps_of(model, ref_params, flat_prompts, flat)
     return float(np.mean(pol - ref))
 

@@ -57,14 +57,32 @@ class GoldTask:
     length_penalty: float = 0.5
     distractor_shift: int = 11  # SFT errors mostly use this wrong cipher, so the SFT mode is often wrong
     distractor_prob: float = 0.7
+    goal_tokens: int = 0  # ids vocab_size .. vocab_size+goal_tokens-1 name goal scores 1..goal_tokens (reward-conditioned)
 
     @property
     def num_symbols(self) -> int:
         return self.vocab_size - FIRST_CONTENT
 
     @property
+    def model_vocab_size(self) -> int:
+        return self.vocab_size + self.goal_tokens
+
+    @property
     def tokenizer_path(self) -> str:
-        return f"int:{self.vocab_size}"
+        return f"int:{self.model_vocab_size}"
+
+    def score_on_scale(self, reward: float) -> int:
+        """Gold reward -> an integer goal score ``1 .. goal_tokens``: ``1 + round((goal_tokens - 1) * clip(r, 0, 1))``
+        (rewards <= 0 are all "1"; only the ideal response scores ``goal_tokens``)."""
+        if self.goal_tokens < 2:
+            raise ValueError("score_on_scale needs goal_tokens >= 2 (config task.goal_tokens).")
+        return 1 + int(np.floor((self.goal_tokens - 1) * min(max(float(reward), 0.0), 1.0) + 0.5))
+
+    def goal_token(self, score: float) -> int:
+        """The token id that conditions on goal ``score`` (an integer in ``1 .. goal_tokens``)."""
+        if not (float(score).is_integer() and 1 <= score <= self.goal_tokens):
+            raise ValueError(f"goal {score} is not an integer in [1, {self.goal_tokens}].")
+        return self.vocab_size + int(score) - 1
 
     def cipher(self, token: int) -> int:
         return FIRST_CONTENT + ((token - FIRST_CONTENT) * self.mult + self.shift) % self.num_symbols
@@ -126,7 +144,7 @@ def strip_response(tokens: Sequence[int], mask: Sequence[int], keep_eos: bool = 
 
 
 def model_config(task: GoldTask, *, hidden: int = 64, layers: int = 2, heads: int = 4) -> M.ModelConfig:
-    return M.ModelConfig(vocab_size=task.vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+    return M.ModelConfig(vocab_size=task.model_vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                          max_position_embeddings=64, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
 
@@ -188,16 +206,16 @@ def train_sft(task: GoldTask, config: M.ModelConfig, prompts: np.ndarray, *, see
 
 def sample(task: GoldTask, model: M.LlamaForCausalLM, params: dict, prompts: np.ndarray, *, num_samples: int = 1,
            temperature: float = 1.0, greedy: bool = False, seed: int = 0, max_new_tokens: int | None = None,
-           batch_size: int = 256, with_logprobs: bool = False, keep_eos: bool = False):
+           batch_size: int = 256, with_logprobs: bool = False, keep_eos: bool = False, prefix: Sequence[int] = ()):
     """``num_samples`` responses per prompt (content tokens; with ``keep_eos`` the EOS stays when one was
     emitted). Returns a list (per prompt) of lists of responses, and with ``with_logprobs`` also their summed
-    log-probs under ``params`` (EOS included)."""
+    log-probs under ``params`` (EOS included). ``prefix`` tokens go between BOS and the prompt (a goal token)."""
     max_new = max_new_tokens or task.prompt_length + 4
     rows = np.repeat(prompts, num_samples, axis=0)
     out, logps = [], []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        ids, mask = left_pad([[BOS] + list(p) for p in chunk], pad_token_id=PAD)
+        ids, mask = left_pad([[BOS] + list(prefix) + list(p) for p in chunk], pad_token_id=PAD)
         g = generate(model, params, ids, mask, max_new_tokens=max_new, rng=jax.random.PRNGKey(seed * 100003 + start),
                      greedy=greedy, temperature=temperature, eos_token_id=EOS, pad_token_id=PAD)
         toks, gmask, glp = (np.asarray(x) for x in (g.tokens, g.mask, g.logprobs))

@@ -67,6 +67,11 @@ def from_pretrained(
 
 
 def save_pretrained(model: LlamaForCausalLM, params: dict, out_dir: str, *, dtype: Any = None, **kwargs) -> str:
-    """Write ``params`` of ``model`` as a HF directory that ``AutoModelForCausalLM.from_pretrained`` loads."""
+    """Write ``params`` of ``model`` as a HF directory that ``AutoModelForCausalLM.from_pretrained`` loads
+    (a :class:`~jaxpref.models.reward.RewardModel` as ``AutoModelForSequenceClassification``)."""
+    from jaxpref.models import reward
+
+    if isinstance(model, reward.RewardModel):
+        return reward.save_pretrained(model, params, out_dir, dtype=dtype)
     host = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), params)
     return save_hf_checkpoint(host, model.config, out_dir, dtype=None if dtype is None else jnp.dtype(dtype), **kwargs)

@@ -112,13 +112,14 @@ def _rename(name: str, rules, direction: int):
     return None
 
 
-def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(cfg: ModelConfig, lm_head: bool = True) -> dict[str, tuple[int, ...]]:
     from jaxpref.models.llama import LlamaForCausalLM  # flax import only when converting
     import jax
     import jax.numpy as jnp
     from flax import traverse_util
 
-    shapes = jax.eval_shape(lambda: LlamaForCausalLM(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))
+    shapes = jax.eval_shape(lambda: LlamaForCausalLM(cfg).init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32),
+                                                               return_hidden=not lm_head))
     flat = traverse_util.flatten_dict(shapes["params"], sep="/")
     return {k: tuple(getattr(v, "value", v).shape) for k, v in flat.items()}
 
@@ -218,26 +219,35 @@ def iter_hf_tensors(hf_dir: str) -> Iterator[tuple[str, np.ndarray]]:
             del state
 
 
-def hf_to_flax_params(hf_dir: str, config: ModelConfig | None = None, dtype: Any = np.float32) -> dict:
+def hf_to_flax_params(hf_dir: str, config: ModelConfig | None = None, dtype: Any = np.float32, *,
+                      lm_head: bool = True, extras: tuple[str, ...] = (), extras_out: dict | None = None) -> dict:
     """Stream a local HF checkpoint into a nested dict of numpy arrays in the Flax layout.
 
     Args:
       hf_dir: local directory with ``config.json`` and weights.
       config: the model config (read from ``config.json`` when ``None``).
       dtype: storage dtype of the returned arrays (e.g. ``np.float32``, ``ml_dtypes.bfloat16``).
+      lm_head: whether the model has an LM head (False: the decoder alone, e.g. a reward model's backbone;
+        an ``lm_head.weight`` in the checkpoint is then ignored).
+      extras: HF tensor names outside the decoder (e.g. ``"score.weight"``) to return, unconverted, in
+        ``extras_out`` instead of raising.
     Raises:
       CheckpointError: missing files, unsupported architecture, unknown or mis-shaped tensor (named),
         or a tensor the model needs that the checkpoint lacks.
     """
     cfg = config or load_hf_config(hf_dir)
     rules = _rules(cfg)
-    expected = _expected_shapes(cfg)
+    expected = _expected_shapes(cfg, lm_head=lm_head)
     dtype = np.dtype(dtype)
     flat: dict[str, np.ndarray] = {}
     for name, tensor in iter_hf_tensors(hf_dir):
         if name.endswith("rotary_emb.inv_freq"):
             continue  # buffers some old checkpoints carry; recomputed from the config
-        if name == "lm_head.weight" and cfg.tie_word_embeddings:
+        if name == "lm_head.weight" and (cfg.tie_word_embeddings or not lm_head):
+            continue
+        if name in extras:
+            if extras_out is not None:
+                extras_out[name] = np.asarray(tensor, dtype=np.float32)
             continue
         renamed = _rename(name, rules, 0)
         if renamed is None:

@@ -53,12 +53,12 @@ def sequence_logps(params, model: LlamaForCausalLM, batch: dict, *, vocab_chunk:
     return sequence_sums(per_token, batch["score_mask"], seq, batch["pair_weight"].shape[0])
 
 
-def _loss_terms(params, ref_params, batch, *, model, pair_loss: PairLoss, reference: str, vocab_chunk: int):
+def _loss_terms(params, ref_params, batch, *, model, pair_loss: PairLoss, reference: str, vocab_chunk: int,
+                scorer: Callable = sequence_logps):
     """Weighted loss sum (the differentiated quantity), the weight sum, and weighted metric sums."""
-    chosen, rejected = sequence_logps(params, model, batch, vocab_chunk=vocab_chunk)
+    chosen, rejected = scorer(params, model, batch, vocab_chunk=vocab_chunk)
     if reference == "frozen":
-        ref_chosen, ref_rejected = jax.lax.stop_gradient(
-            sequence_logps(ref_params, model, batch, vocab_chunk=vocab_chunk))
+        ref_chosen, ref_rejected = jax.lax.stop_gradient(scorer(ref_params, model, batch, vocab_chunk=vocab_chunk))
     elif reference == "cached":
         ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
     else:  # "none": reference-free losses
@@ -95,15 +95,20 @@ class StepFns:
       donated); metrics are weighted means plus ``grad_norm`` and ``learning_rate``.
     * ``evaluate(params, ref_params, batch) -> (metric sums, weight, per-pair outputs)``: no gradients.
     * ``zero(params) -> acc``: a fresh accumulator with the grads sharded like the params.
+
+    ``scorer(params, model, batch, vocab_chunk=) -> (chosen [P], rejected [P])`` gives the per-sequence
+    quantities the pair loss compares: summed response log-probs (:func:`sequence_logps`, the default) or a
+    reward model's scores (:func:`jaxpref.models.reward.sequence_rewards`).
     """
 
     def __init__(self, model: LlamaForCausalLM, tx: optax.GradientTransformation, schedule, pair_loss: PairLoss, *,
-                 mesh, state_shardings, reference: str = "frozen", vocab_chunk: int = 8192):
+                 mesh, state_shardings, reference: str = "frozen", vocab_chunk: int = 8192,
+                 scorer: Callable = sequence_logps):
         if reference not in ("frozen", "cached", "none"):
             raise ValueError(f"reference must be 'frozen', 'cached' or 'none', got {reference!r}.")
         self.mesh = mesh
         terms = functools.partial(_loss_terms, model=model, pair_loss=pair_loss, reference=reference,
-                                  vocab_chunk=vocab_chunk)
+                                  vocab_chunk=vocab_chunk, scorer=scorer)
         param_sh = state_shardings.params
         scalar = S.replicated(mesh)
         acc_sh = {"grads": param_sh, "weight": scalar, "metrics": {k: scalar for k in METRIC_KEYS}}

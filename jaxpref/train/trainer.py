@@ -178,12 +178,16 @@ class Trainer:
       model_and_params: start from this model and params instead of ``cfg.model``.
       reference_params: the reference policy (default: the starting params); iterative algorithms pass
         the original policy here while the policy itself continues from the previous round.
+      scorer: what the pair loss compares (default summed log-probs; a reward model passes
+        :func:`jaxpref.models.reward.sequence_rewards`); reference: overrides ``config.reference.mode``
+        (a reward model trains with ``"none"``).
     """
 
     def __init__(self, cfg, workdir: str, *, pair_loss: PairLoss | None = None,
                  rows: D.PreferenceDataset | None = None, eval_rows: D.PreferenceDataset | None = None,
                  model_and_params: tuple[M.LlamaForCausalLM, dict] | None = None,
-                 reference_params: dict | None = None, progress: bool = True):
+                 reference_params: dict | None = None, progress: bool = True, scorer=None,
+                 reference: str | None = None):
         self.cfg, self.workdir, self.progress = cfg, workdir, progress
         os.makedirs(workdir, exist_ok=True)
         maybe_initialize_distributed(cfg)
@@ -203,13 +207,7 @@ class Trainer:
                               f"mesh data x fsdp = {n_shards}.")
         self.batcher = D.PairBatcher(self.pairs, batch_options(cfg), pad_id=self.tokenizer.pad_id,
                                      process_index=jax.process_index(), process_count=jax.process_count())
-        self.eval_batcher = None
-        if eval_rows is not None:
-            eval_pairs = D.tokenize_dataset(eval_rows, self.tokenizer, self.tok_options, skip_invalid=skip,
-                                            progress=progress)
-            self.eval_batcher = D.PairBatcher(eval_pairs, batch_options(cfg, shuffle=False),
-                                              pad_id=self.tokenizer.pad_id, process_index=jax.process_index(),
-                                              process_count=jax.process_count())
+        self.eval_batcher = self.batcher_for(eval_rows) if eval_rows is not None else None
 
         tc = cfg.train
         self.grad_accum = int(tc.get("grad_accum_steps", 1))
@@ -218,12 +216,12 @@ class Trainer:
         self.tx, self.schedule = make_optimizer(tc, self.total_steps)
         boxed = lambda: self.model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"]
         self.shardings = state_shardings(boxed, self.tx, self.mesh)
-        self.reference = cfg.get("reference", {}).get("mode", "frozen")
+        self.reference = reference or cfg.get("reference", {}).get("mode", "frozen")
         if cfg.loss.get("reference_free", False):
             self.reference = "none"
         self.step_fns = StepFns(self.model, self.tx, self.schedule, pair_loss or dpo_pair_loss(cfg.loss),
                                 mesh=self.mesh, state_shardings=self.shardings, reference=self.reference,
-                                vocab_chunk=tc.get("vocab_chunk", 8192))
+                                vocab_chunk=tc.get("vocab_chunk", 8192), **({"scorer": scorer} if scorer else {}))
         self.state = create_sharded_state(init_params, self.tx, jax.random.PRNGKey(cfg.get("seed", 0)), self.shardings)
         self.ref_params = None
         self.ref_table = None
@@ -378,6 +376,33 @@ class Trainer:
                 totals[k] = totals.get(k, 0.0) + float(v)
             weight += float(w)
         return {k: v / max(weight, 1e-12) for k, v in totals.items()}
+
+    def batcher_for(self, rows: D.PreferenceDataset | None = None, *, pairs: list | None = None) -> D.PairBatcher:
+        """An unshuffled batcher over ``rows`` (tokenized like the train rows) or already tokenized ``pairs``:
+        for :meth:`evaluate` on another split, or :meth:`pair_logps`."""
+        if pairs is None:
+            pairs = D.tokenize_dataset(rows, self.tokenizer, self.tok_options,
+                                       skip_invalid=self.cfg.data.get("skip_invalid", False), progress=self.progress)
+        return D.PairBatcher(pairs, batch_options(self.cfg, shuffle=False), pad_id=self.tokenizer.pad_id,
+                             process_index=jax.process_index(), process_count=jax.process_count())
+
+    def pair_logps(self, params, pairs: list[D.TokenizedPair]) -> tuple[np.ndarray, np.ndarray]:
+        """Summed response log-probs ``(chosen [N], rejected [N])`` of ``pairs`` under ``params`` (placed like the
+        policy's params), in the order of ``pairs``."""
+        batcher = self.batcher_for(pairs=pairs)
+        index = {id(p): n for n, p in enumerate(pairs)}
+        chosen = np.zeros(len(pairs), np.float32)
+        rejected = np.zeros(len(pairs), np.float32)
+        for indices in batcher.epoch_plan(0):
+            local = batcher.make_batch(indices)
+            _, _, out = self.step_fns.evaluate(params, None if self.reference != "frozen" else self.ref_params,
+                                               self._to_device(local, with_ref=False))
+            got = host_tree({"c": out["policy_chosen"], "r": out["policy_rejected"]})
+            for j, i in enumerate(indices + [-1] * (len(got["c"]) - len(indices))):
+                if i >= 0:
+                    n = index[id(batcher.pairs[i])]
+                    chosen[n], rejected[n] = got["c"][j], got["r"][j]
+        return chosen, rejected
 
     def export_hf(self, out_dir: str | None = None) -> str | None:
         """Write the current policy as a HF directory (process 0); returns the path there, None elsewhere."""

@@ -1,0 +1,25 @@
+"""Reward-conditioned DPO on the gold-reward task: pairs scored by the gold reward on a 1-10 goal scale.
+
+    python -m jaxpref.main --config=configs/rcdpo_synthetic.py --workdir=/tmp/rcdpo_syn --config.seed=1
+    python -m jaxpref.eval.compare --spec=bench/rcdpo_table.py --out=results/rcdpo_table
+
+The task reserves 10 goal tokens (ids 32..41, never seen in SFT); goal g conditions a prompt as
+``[BOS, goal_token(g), prompt...]``. Gold rewards map onto the scale by ``1 + round(9 * clip(r, 0, 1))``.
+"""
+
+import os
+
+from jaxpref.configs_base import load_config_file
+
+
+def get_config():
+    c = load_config_file(os.path.join(os.path.dirname(__file__), "dpo_synthetic.py"))
+    c.algorithm = "reward_conditioned"
+    c.task.goal_tokens = 10
+    c.tokenizer.path = "int:42"
+    c.data.max_prompt_length = 8  # BOS + goal token + 6 prompt tokens
+    c.train.num_epochs = 2.0  # 2N pairs x 2 epochs = the DPO baseline's N pairs x 4 epochs (same steps)
+    c.reward_conditioned.scale_min = 1.0
+    c.reward_conditioned.scale_max = 10.0
+    c.reward_conditioned.ties = "keep"
+    return c

@@ -1,0 +1,92 @@
+"""Sampling K responses per prompt from a policy and scoring candidate responses: shared by ROPO's
+rejection sampling (scores = implicit reward) and APO (scores = the reward model)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import numpy as np
+
+from jaxpref import data as D
+from jaxpref.models.generate import generate, left_pad
+from jaxpref.train.trainer import Trainer, host_tree
+
+log = logging.getLogger(__name__)
+
+
+def prompt_ids(tokenizer, prompt) -> list[int]:
+    """Token ids of a prompt (chat-rendered if conversational), starting with BOS when the tokenizer has one."""
+    text = tokenizer.render_chat(prompt, add_generation_prompt=True) if isinstance(prompt, list) else prompt
+    ids = tokenizer.encode(text)
+    return ids if (ids and ids[0] == tokenizer.bos_id) or tokenizer.bos_id is None else [tokenizer.bos_id] + ids
+
+
+def response_text(tokenizer, ids: list[int]) -> str:
+    """Generated ids -> the response string as rows store it (IntTokenizer rows keep a leading space)."""
+    text = tokenizer.decode(ids)
+    return " " + text if isinstance(tokenizer, D.IntTokenizer) else text
+
+
+def sample_responses(trainer: Trainer, params, prompts: list, k: int, *, max_new_tokens: int, seed: int,
+                     temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 256) -> list[list[str]]:
+    """``k`` sampled responses per prompt from ``params`` (trainer's model and tokenizer), EOS stripped; prompts
+    longer than ``max_prompt_length`` keep their end. Empty responses come back as ``""``."""
+    tok = trainer.tokenizer
+    ids_list = [prompt_ids(tok, p) for p in prompts]
+    limit = trainer.tok_options.max_prompt_length
+    if limit:
+        ids_list = [p[-limit:] if len(p) > limit else p for p in ids_list]
+    flat = [p for p in ids_list for _ in range(k)]
+    host = host_tree(params)
+    texts: list[str] = []
+    for start in range(0, len(flat), batch_size):
+        ids, mask = left_pad(flat[start:start + batch_size], pad_token_id=tok.pad_id)
+        out = generate(trainer.model, host, ids, mask, max_new_tokens=max_new_tokens, rng=seed * 7919 + start,
+                       temperature=temperature, top_p=top_p, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+        tokens, gmask = np.asarray(out.tokens), np.asarray(out.mask)
+        for row_tokens, row_mask in zip(tokens, gmask):
+            resp = []
+            for t, m in zip(row_tokens, row_mask):
+                if not m or int(t) == tok.eos_id:
+                    break
+                resp.append(int(t))
+            texts.append(response_text(tok, resp) if resp else "")
+    return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]
+
+
+def score_candidates(trainer: Trainer, prompts: list, candidates: list[list[str]],
+                     score_fn: Callable[[list[D.TokenizedPair]], tuple[np.ndarray, np.ndarray]]) -> list[dict[int, float]]:
+    """Score every candidate response of every prompt: ``[{candidate index: score}]`` per prompt.
+
+    Candidates are tokenized two per pseudo-pair with the trainer's tokenizer and options (one that cannot fit
+    ``max_length`` is left out) and scored by ``score_fn(pairs) -> (first [N], second [N])`` -- e.g. a reward
+    model's :meth:`Trainer.pair_logps`, or an implicit reward ``beta * (log pi - log pi_ref)``."""
+    tok = trainer.tokenizer
+    pairs, owners = [], []
+    for n, (prompt, cands) in enumerate(zip(prompts, candidates)):
+        for a in range(0, len(cands), 2):
+            b = a + 1 if a + 1 < len(cands) else a
+            try:
+                p, c, r = D.tokenize_pair({"prompt": prompt, "chosen": cands[a], "rejected": cands[b]}, tok,
+                                          trainer.tok_options)
+            except Exception:  # noqa: BLE001 -- a candidate that cannot fit max_length is dropped
+                continue
+            pairs.append(D.TokenizedPair(len(pairs), f"{n}#{a}", np.asarray(p, np.int32), np.asarray(c, np.int32),
+                                         np.asarray(r, np.int32)))
+            owners.append((n, a, b))
+    scores: list[dict[int, float]] = [{} for _ in prompts]
+    if not pairs:
+        return scores
+    first, second = score_fn(pairs)
+    for q, (n, a, b) in enumerate(owners):
+        scores[n][a] = float(first[q])
+        scores[n][b] = float(second[q])
+    return scores
+
+
+def best_and_worst(scores: dict[int, float]) -> tuple[int, int] | None:
+    """Indices of the highest and lowest score (first on ties), or None with fewer than two candidates."""
+    if len(scores) < 2:
+        return None
+    return max(scores, key=scores.get), min(scores, key=scores.get)

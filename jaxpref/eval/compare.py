@@ -1,0 +1,147 @@
+"""Side-by-side comparisons on the gold-reward task: several variants x flip rates x seeds, one command.
+
+    python -m jaxpref.eval.compare --spec=bench/ropo_table.py --out=results/ropo_table
+
+A *spec* is a Python file with ``get_variants() -> dict[name, ConfigDict]`` (every variant a full
+experiment config with the same ``task`` section) and optionally ``FLIP_RATES``, ``SEEDS``, ``METRICS``
+(the columns of the table) and ``TITLE``. Per seed the SFT policy and its pairs are built once and shared
+by every variant and flip rate, so differences between variants are differences between algorithms.
+
+Each run writes ``<out>/<variant>/flip<rate>_seed<seed>/results.json``; a run whose file already exists is
+read back instead of re-run, so an interrupted comparison resumes. The top-level ``results.json`` holds every
+run and, per variant and flip rate, mean and std over seeds; ``table.md`` is the markdown table
+(mean ± std) and ``plot.png`` one panel per metric with a line per variant.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+
+import numpy as np
+
+from jaxpref.eval import experiment as E
+
+DEFAULT_METRICS = ("gold_reward", "win_rate", "clean_accuracy", "kl")
+
+
+def load_spec(path: str):
+    spec = importlib.util.spec_from_file_location("jaxpref_compare_spec", path)
+    if spec is None or not os.path.exists(path):
+        raise FileNotFoundError(f"comparison spec {path!r} not found.")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_variants"):
+        raise ValueError(f"{path}: a comparison spec needs get_variants() -> dict[name, ConfigDict].")
+    return module
+
+
+def _check_same_task(variants: dict) -> None:
+    tasks = {name: json.dumps(cfg.task.to_dict(), sort_keys=True) for name, cfg in variants.items()}
+    if len(set(tasks.values())) > 1:
+        raise ValueError(f"variants must share one task section to share SFT data; they differ: {sorted(tasks)}")
+
+
+def run_comparison(variants: dict, flip_rates, seeds, out_dir: str, *, progress: bool = False,
+                   metrics=DEFAULT_METRICS, title: str = "") -> dict:
+    """Run every ``(variant, flip rate, seed)``; return ``{"runs": {variant: [result...]}, "summary": ...}``."""
+    _check_same_task(variants)
+    os.makedirs(out_dir, exist_ok=True)
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    any_cfg = next(iter(variants.values()))
+    for seed in seeds:
+        td = None
+        for name, cfg in variants.items():
+            cfg = cfg.copy_and_resolve_references()
+            cfg.seed = seed
+            for rate in flip_rates:
+                workdir = os.path.join(out_dir, name, f"flip{rate}_seed{seed}")
+                done = os.path.join(workdir, "results.json")
+                if os.path.exists(done):
+                    with open(done) as f:
+                        r = json.load(f)
+                else:
+                    if td is None:
+                        td = E.build_task_data(any_cfg, seed, progress=progress)
+                    r = E.run_one(cfg, td, rate, seed, workdir, progress=progress)
+                r["variant"] = name
+                runs[name].append(r)
+                print(f"[{name}] flip {rate} seed {seed}: " + " ".join(
+                    f"{k} {r[k]:.3f}" for k in metrics if isinstance(r.get(k), (int, float))), flush=True)
+    summary = {name: E.aggregate(rs) for name, rs in runs.items()}
+    result = {"variants": {n: json.loads(c.to_json_best_effort()) for n, c in variants.items()},
+              "flip_rates": list(flip_rates), "seeds": list(seeds), "runs": runs, "summary": summary}
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(result, f, indent=1, default=float)
+    with open(os.path.join(out_dir, "table.md"), "w") as f:
+        f.write(markdown_table(summary, metrics))
+    plot_comparison(summary, metrics, os.path.join(out_dir, "plot.png"), title or f"{len(seeds)} seeds")
+    return result
+
+
+def markdown_table(summary: dict, metrics) -> str:
+    """Rows = (variant, flip rate), columns = metrics as ``mean ± std`` over seeds."""
+    lines = ["| variant | flip rate | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for name, per_rate in summary.items():
+        for rate, stats in per_rate.items():
+            cells = [f"{stats[m]['mean']:.3f} ± {stats[m]['std']:.3f}" if m in stats else "–" for m in metrics]
+            lines.append(f"| {name} | {float(rate):g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(summary: dict, metrics, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6))
+    for ax, key in zip(np.atleast_1d(axes), metrics):
+        for name, per_rate in summary.items():
+            rates = sorted(per_rate, key=float)
+            if not any(key in per_rate[r] for r in rates):
+                continue
+            m = [per_rate[r].get(key, {}).get("mean", np.nan) for r in rates]
+            s = [per_rate[r].get(key, {}).get("std", np.nan) for r in rates]
+            ax.errorbar([float(r) for r in rates], m, yerr=s, marker="o", capsize=3, label=name)
+        ax.set_xlabel("label flip rate")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    from absl import app, flags
+
+    spec_flag = flags.DEFINE_string("spec", None, "comparison spec (bench/*_table.py)", required=True)
+    out = flags.DEFINE_string("out", None, "output directory", required=True)
+    rates = flags.DEFINE_list("flip_rates", None, "override the spec's FLIP_RATES")
+    seeds = flags.DEFINE_list("seeds", None, "override the spec's SEEDS")
+    only = flags.DEFINE_list("variants", None, "run only these variants")
+
+    def _main(_):
+        spec = load_spec(spec_flag.value)
+        variants = spec.get_variants()
+        if only.value:
+            missing = set(only.value) - set(variants)
+            if missing:
+                raise SystemExit(f"unknown variants {sorted(missing)}; the spec has {sorted(variants)}")
+            variants = {k: v for k, v in variants.items() if k in only.value}
+        flip_rates = [float(r) for r in rates.value] if rates.value else list(getattr(spec, "FLIP_RATES", (0.0, 0.2, 0.4)))
+        seed_list = [int(s) for s in seeds.value] if seeds.value else list(getattr(spec, "SEEDS", (0, 1, 2)))
+        run_comparison(variants, flip_rates, seed_list, out.value, metrics=getattr(spec, "METRICS", DEFAULT_METRICS),
+                       title=getattr(spec, "TITLE", ""))
+        print(f"wrote {out.value}/results.json, table.md and plot.png")
+
+    app.run(_main, argv=argv or sys.argv)
+    return 0
+
+
+if __name__ == "__main__":
+    main()

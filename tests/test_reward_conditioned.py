@@ -1,0 +1,127 @@
+"""Reward-conditioned DPO: goal scale on the gold-reward task, implicit-score mapping, end-to-end smoke runs."""
+
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+
+from jaxpref.algorithms import reward_conditioned as RC
+from jaxpref.configs_base import load_config_file
+from jaxpref.eval import synthetic as S
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+
+
+def test_goal_tokens_and_scale_hand_computed():
+    task = S.GoldTask(vocab_size=32, goal_tokens=10)
+    assert task.model_vocab_size == 42 and task.tokenizer_path == "int:42"
+    assert [task.goal_token(g) for g in (1, 10)] == [32, 41]
+    # 1 + floor(9 * clip(r, 0, 1) + 0.5)
+    assert [task.score_on_scale(r) for r in (-0.5, 0.0, 1 / 6, 0.5, 5 / 6, 1.0)] == [1, 1, 3, 6, 9, 10]
+    with pytest.raises(ValueError):
+        task.goal_token(11)
+    with pytest.raises(ValueError):
+        task.goal_token(2.5)
+    # content tokens (prompts and SFT responses) never use goal ids
+    assert task.sample_prompts(np.random.default_rng(0), 500).max() < 32
+
+
+def test_rank_to_scale():
+    assert RC.rank_to_scale([0.3, -1.0, 2.0], (1, 10)).tolist() == [6.0, 1.0, 10.0]  # ranks 1, 0, 2 of 2
+    assert RC.rank_to_scale([5.0, 5.0, 1.0, 9.0], (1, 10)).tolist() == [6.0, 6.0, 1.0, 10.0]  # ties: mean rank 1.5
+
+
+def _smoke_cfg():
+    cfg = load_config_file(os.path.join(CONFIGS, "rcdpo_synthetic.py"))
+    cfg.task.num_sft_prompts, cfg.task.sft_steps = 256, 40
+    cfg.task.num_pair_prompts, cfg.task.num_eval_prompts = 64, 32
+    cfg.task.hidden = 32
+    cfg.train.num_epochs = 1.0
+    return cfg
+
+
+def test_smoke_comparison_dpo_vs_augmented(tmp_path, monkeypatch):
+    """DPO on N pairs, reward-conditioned DPO (sigmoid and IPO) and the half set through the comparison runner;
+    the sampler's prompts carry the goal token."""
+    from jaxpref.eval import compare
+
+    seen = []
+    real_generate = S.generate
+
+    def spy(model, params, ids, mask, **kw):
+        seen.append(np.asarray(ids))
+        return real_generate(model, params, ids, mask, **kw)
+
+    monkeypatch.setattr(S, "generate", spy)
+    rc = _smoke_cfg()
+    dpo = _smoke_cfg()
+    dpo.algorithm = "dpo"
+    ipo = _smoke_cfg()
+    ipo.loss.type = "ipo"
+    half = _smoke_cfg()
+    half.reward_conditioned.half = True
+    variants = {"dpo": dpo, "rc": rc, "rc_ipo": ipo, "rc_half": half}
+    out = compare.run_comparison(variants, [0.0], [0], str(tmp_path), metrics=("gold_reward", "clean_accuracy"))
+    rc_run = out["runs"]["rc"][0]
+    assert rc_run["num_augmented_pairs"] == 2 * out["runs"]["dpo"][0]["num_pairs"]
+    assert out["runs"]["rc_half"][0]["num_augmented_pairs"] == out["runs"]["dpo"][0]["num_pairs"]
+    for name in ("rc", "rc_ipo", "rc_half"):
+        r = out["runs"][name][0]
+        assert [g for g, _ in r["goal_sweep"]] == list(range(1, 11))
+        for key in ("gold_reward", "win_rate", "clean_accuracy", "clean_accuracy_goal_max", "gold_reward_unconditioned",
+                    "unlearning_high_rejected", "unlearning_high_rejected_goal_max", "kl"):
+            assert np.isfinite(r[key]), (name, key)
+    assert np.isfinite(out["runs"]["dpo"][0]["unlearning_high_rejected"])
+    # sampling conditioned on goal g puts [BOS, goal_token(g)] before the prompt (left padded, all rows)
+    task = S.GoldTask(vocab_size=32, goal_tokens=10)
+    for goal in (1, 10):
+        assert any((ids[:, -7] == task.goal_token(goal)).all() and (ids[:, -8] == S.BOS).all() for ids in seen)
+    saved = json.loads((tmp_path / "rc" / "flip0.0_seed0" / "results.json").read_text())
+    assert {"gold_reward", "win_rate", "clean_accuracy", "goal_sweep"} <= set(saved)
+    assert "| rc_half | 0 |" in (tmp_path / "table.md").read_text()
+
+
+def test_implicit_scores_on_the_task(tmp_path):
+    from jaxpref.eval import experiment as E
+
+    cfg = _smoke_cfg()
+    cfg.reward_conditioned.scores = "implicit"
+    td = E.build_task_data(cfg, 0)
+    r = RC.run_on_task(cfg, td, td.train_rows, str(tmp_path))
+    assert r["num_augmented_pairs"] >= 2 * len(td.train_rows) - 2  # ties are kept; only untokenizable rows drop
+    assert (tmp_path / "implicit_dpo" / "checkpoints").exists()
+
+
+def test_real_data_path_with_scores(tmp_path):
+    """``python -m jaxpref.main`` on scored HH text with the shipped Mistral tokenizer: relabels, trains,
+    evaluates unconditioned and conditioned."""
+    from jaxpref import data as D
+    from jaxpref.main import run
+
+    rows = D.load_preferences(D.SHIPPED_HH, skip_invalid=True)[:24]
+    rng = np.random.default_rng(0)
+    path = tmp_path / "scored.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        for r in rows:
+            f.write(json.dumps({"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
+                                "score_chosen": int(rng.integers(5, 11)), "score_rejected": float(rng.integers(1, 6))})
+                    + "\n")
+    cfg = load_config_file(os.path.join(CONFIGS, "rcdpo_tiny.py"))
+    cfg.reward_conditioned.scores = "data"
+    cfg.data.train_path = str(path)
+    cfg.data.eval_fraction = 0.25
+    cfg.train.num_steps = 2
+    cfg.export.hf = False
+    result = run(cfg, str(tmp_path / "run"), progress=False)
+    assert result["num_pairs"] == 2 * result["num_rows"]
+    assert 0.0 <= result["eval"]["rewards/accuracies"] <= 1.0
+    assert 0.0 <= result["eval_goal_max"]["rewards/accuracies"] <= 1.0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "Q", "chosen": " a", "rejected": " b", "score_chosen": 12,
+                               "score_rejected": 1}) + "\n")
+    cfg.data.train_path = str(bad)
+    cfg.data.eval_fraction = 0.0
+    with pytest.raises(D.DataError, match="outside the score scale"):
+        run(cfg, str(tmp_path / "bad"), progress=False)
