@@ -1,0 +1,188 @@
+"""Reward model and APO (*adversarial* preference optimization): loss by hand, read-out position, transformers
+parity of the scalar head, one tiny game with resume."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxpref import data as D
+from jaxpref.configs_base import load_config_file
+from jaxpref.losses import adversarial_rm_loss, adversarial_rm_pair_losses, adversarial_rm_pair_weights
+from jaxpref.models import reward as R
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+
+
+def _ls(x):  # -log sigmoid(x), by hand
+    return float(np.log1p(np.exp(-x)))
+
+
+def test_adversarial_rm_loss_hand_computed():
+    chosen = np.array([1.0, 0.5, 2.0, 0.0, 1.5, 3.0])
+    rejected = np.array([0.0, 1.5, 1.0, 1.0, 0.5, 0.0])
+    adv = np.array([0, 0, 1, 1, 1, 1], bool)  # 2 human pairs, 1 prompt x K=4 adversarial pairs
+    d = chosen - rejected  # 1, -1, 1, -1, 1, 3
+    human = (_ls(1.0) + _ls(-1.0)) / 2
+    adv_rank = (_ls(1.0) + _ls(-1.0) + _ls(1.0) + _ls(3.0)) / 4  # (c_apo / K) * sum over one prompt
+    for rank_w, apo_w in ((1.0, 0.1), (0.5, 2.0)):
+        got = float(adversarial_rm_loss(chosen, rejected, adv, rank_weight=rank_w, apo_weight=apo_w,
+                                        samples_per_prompt=4))
+        assert got == pytest.approx(rank_w * human + apo_w * adv_rank, rel=1e-6)
+        got_diff = float(adversarial_rm_loss(chosen, rejected, adv, rank_weight=rank_w, apo_weight=apo_w, form="diff"))
+        assert got_diff == pytest.approx(rank_w * human + apo_w * (-(1 - 1 + 1 + 3) / 4), rel=1e-6)
+    # two prompts x K=2: (c_apo / K) * (1/P) * sum = c_apo * mean
+    two = float(adversarial_rm_loss(chosen[2:], rejected[2:], adv[2:], apo_weight=0.1, samples_per_prompt=2))
+    assert two == pytest.approx(0.1 * adv_rank, rel=1e-6)
+    # base RM (apo_weight 0) = plain Bradley-Terry mean; no human term (rank_weight 0) = adversarial term only
+    assert float(adversarial_rm_loss(chosen, rejected, adv, apo_weight=0.0)) == pytest.approx(human, rel=1e-6)
+    assert float(adversarial_rm_loss(chosen, rejected, adv, rank_weight=0.0, apo_weight=1.0)) == pytest.approx(
+        adv_rank, rel=1e-6)
+    # padding rows do not count
+    mask = np.array([1, 1, 1, 1, 1, 1, 0], bool)
+    padded = float(adversarial_rm_loss(np.append(chosen, 9.0), np.append(rejected, -9.0), np.append(adv, True),
+                                       mask=mask))
+    assert padded == pytest.approx(human + 0.1 * adv_rank, rel=1e-6)
+    with pytest.raises(ValueError):
+        adversarial_rm_pair_losses(chosen, rejected, adv, form="wgan")
+    w = np.asarray(adversarial_rm_pair_weights(adv, rank_weight=1.0, apo_weight=0.1))
+    assert w.tolist() == pytest.approx([0.5, 0.5, 0.025, 0.025, 0.025, 0.025])
+
+
+@pytest.mark.parametrize("form", ["ranking", "diff"])
+def test_adversarial_gradient_raises_golden_and_lowers_sample(form):
+    golden = jnp.array([0.3, -0.2])
+    sample = jnp.array([0.1, 0.4])
+    adv = jnp.array([True, True])
+    g_gold, g_sample = jax.grad(lambda a, b: adversarial_rm_loss(a, b, adv, form=form), argnums=(0, 1))(golden, sample)
+    # gradient descent moves against the gradient: golden up (negative grad), sample down (positive grad)
+    assert (np.asarray(g_gold) < 0).all() and (np.asarray(g_sample) > 0).all()
+
+
+def _rm(seed=0, **kw):
+    from jaxpref import models as M
+
+    cfg = M.ModelConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=1,
+                        eos_token_id=2, **kw)
+    lm = M.init_params(cfg, seed)
+    return R.RewardModel(cfg), R.from_causal_lm(lm, cfg, seed=seed + 1)
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_reward_read_at_the_last_response_token(packing):
+    model, params = _rm()
+    pairs = [D.TokenizedPair(0, "a", np.array([1, 5, 6]), np.array([7, 8, 2]), np.array([9, 2])),
+             D.TokenizedPair(1, "b", np.array([1, 10]), np.array([11, 12, 13, 14, 2]), np.array([15, 2])),
+             D.TokenizedPair(2, "c", np.array([1, 20, 21, 22, 23]), np.array([2]), np.array([24, 25, 2]))]
+    opts = D.BatchOptions(pairs_per_batch=4, buckets=(16,) if packing else (8, 16), packing=packing, shuffle=False,
+                          rows_per_batch=3 if packing else None)
+    batcher = D.PairBatcher(pairs, opts, pad_id=2)  # pad id == EOS: the read-out must not rely on pad ids
+    batch = batcher.make_batch(batcher.epoch_plan(0)[0])
+    chosen, rejected = R.sequence_rewards(params, model, {k: jnp.asarray(v) for k, v in batch.items()})
+    for n, p in enumerate(pairs):
+        for got, resp in ((chosen[n], p.chosen_ids), (rejected[n], p.rejected_ids)):
+            seq = np.concatenate([p.prompt_ids, resp])[None]
+            alone = model.apply({"params": params}, jnp.asarray(seq))[0]
+            assert float(got) == pytest.approx(float(alone[-1]), abs=1e-5)
+    assert float(chosen[3]) == 0.0 and float(rejected[3]) == 0.0  # the padding pair
+
+
+def test_reward_model_matches_transformers_sequence_classification(tmp_path):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    hf_cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=0,
+                                      max_position_embeddings=64, tie_word_embeddings=False)
+    hf = transformers.LlamaForSequenceClassification(hf_cfg).eval()
+    with torch.no_grad():
+        hf.score.weight.normal_()
+    hf.save_pretrained(tmp_path / "hf")
+    model, params = R.from_pretrained(str(tmp_path / "hf"))
+    ids = np.array([[5, 6, 7, 8, 9, 10], [11, 12, 13, 0, 0, 0]])  # right padded: HF reads the last non-pad token
+    mask = (ids != 0).astype(np.int32)
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits[:, 0].numpy()
+    ours = np.asarray(model.apply({"params": params}, jnp.asarray(ids), attention_mask=jnp.asarray(mask)))
+    got = np.array([ours[0, 5], ours[1, 2]])
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    # ours -> HF directory -> transformers: identical scores
+    R.save_pretrained(model, params, str(tmp_path / "out"))
+    back = transformers.AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "out")).eval()
+    with torch.no_grad():
+        again = back(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits[:, 0].numpy()
+    np.testing.assert_allclose(again, ref, atol=1e-6)
+    with pytest.raises(Exception, match="score.weight|sequence-classification"):
+        from jaxpref import models as M
+
+        M.save_pretrained(M.LlamaForCausalLM(model.config), M.init_params(model.config, 0), str(tmp_path / "lm"))
+        R.from_pretrained(str(tmp_path / "lm"))
+
+
+def _tiny_apo_cfg():
+    cfg = load_config_file(os.path.join(CONFIGS, "apo_synthetic.py"))
+    cfg.task.num_sft_prompts, cfg.task.sft_steps = 256, 40
+    cfg.task.num_pair_prompts, cfg.task.num_eval_prompts, cfg.task.num_policy_prompts = 32, 16, 32
+    cfg.task.hidden = 32
+    cfg.apo.rounds = 2
+    cfg.apo.samples_per_prompt = 2
+    cfg.train.num_epochs = 1.0
+    cfg.train.save_every = 1
+    cfg.reward_model.train.num_epochs = 1.0
+    cfg.reward_model.train.save_every = 1
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_apo():
+    from jaxpref.eval import experiment
+
+    cfg = _tiny_apo_cfg()
+    return cfg, experiment.build_task_data(cfg, 0)
+
+
+def test_one_game_changes_both_states_and_resumes_mid_round(tiny_apo, tmp_path, monkeypatch):
+    from jaxpref.algorithms import apo
+
+    cfg, td = tiny_apo
+    full = apo.run_on_task(cfg, td, td.train_rows, str(tmp_path / "full"))
+    assert [r["round"] for r in full["rounds"]] == [1, 2]
+    for r in full["rounds"]:
+        for key in ("gold_reward", "rm_accuracy", "rm_golden_accuracy", "kl"):
+            assert np.isfinite(r[key]), key
+    # the combined checkpoint holds both states, and both moved away from their starting points
+    game = apo.Game(cfg, str(tmp_path / "full"), policy_model=td.model, sft_params=td.sft_params,
+                    human_rows=td.train_rows, rm_prompts=[], policy_prompts=[], progress=False)
+    policy_params, rm_params, records = game._restore_round(1)
+    assert records == full["rounds"]
+    moved = lambda a, b: max(float(jnp.abs(x - y).max()) for x, y in zip(jax.tree_util.tree_leaves(a),  # noqa: E731
+                                                                      jax.tree_util.tree_leaves(b)))
+    assert moved(policy_params, td.sft_params) > 1e-4
+    assert moved(rm_params, game.rm_base[1]) > 1e-4
+    # a run killed inside round 1 (after its RM, before its policy pairs) resumes to the same result
+    calls = {"n": 0}
+    real = apo.Game.policy_rows
+
+    def dying(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(apo.Game, "policy_rows", dying)
+    with pytest.raises(KeyboardInterrupt):
+        apo.run_on_task(cfg, td, td.train_rows, str(tmp_path / "resumed"))
+    monkeypatch.setattr(apo.Game, "policy_rows", real)
+    resumed = apo.run_on_task(cfg, td, td.train_rows, str(tmp_path / "resumed"))
+    assert len(resumed["rounds"]) == len(full["rounds"])
+    for a, b in zip(resumed["rounds"], full["rounds"]):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    assert (json.loads((tmp_path / "resumed" / "round_1" / "policy_pairs.json").read_text())
+            == json.loads((tmp_path / "full" / "round_1" / "policy_pairs.json").read_text()))
