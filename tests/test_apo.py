@@ -186,3 +186,29 @@ def test_one_game_changes_both_states_and_resumes_mid_round(tiny_apo, tmp_path, 
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
     assert (json.loads((tmp_path / "resumed" / "round_1" / "policy_pairs.json").read_text())
             == json.loads((tmp_path / "full" / "round_1" / "policy_pairs.json").read_text()))
+
+
+def test_standalone_reward_model_and_apo_on_real_text(tmp_path):
+    """``configs/rm_tiny.py`` (held-out accuracy, HF export that transformers loads) and ``configs/apo_tiny.py``
+    (both exports) through ``jaxpref.main.run``, shortened; a missing golden field is a one-line DataError."""
+    import transformers
+
+    from jaxpref.main import run
+
+    cfg = load_config_file(os.path.join(CONFIGS, "rm_tiny.py"))
+    cfg.data.max_rows = 48
+    cfg.reward_model.train.num_steps = 3
+    r = run(cfg, str(tmp_path / "rm"), progress=False)
+    assert 0.0 <= r["accuracy"] <= 1.0
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(r["hf_export"])
+    assert hf.config.num_labels == 1
+    cfg = load_config_file(os.path.join(CONFIGS, "apo_tiny.py"))
+    cfg.data.max_rows = 24
+    cfg.train.num_steps = cfg.reward_model.train.num_steps = 2
+    cfg.apo.rounds = 1
+    cfg.apo.max_new_tokens = 4
+    r = run(cfg, str(tmp_path / "apo"), progress=False)
+    assert len(r["rounds"]) == 1 and os.path.isdir(r["hf_export"]) and os.path.isdir(r["hf_export_rm"])
+    cfg.apo.golden_field = "golden"
+    with pytest.raises(D.DataError, match="golden"):
+        run(cfg, str(tmp_path / "apo2"), progress=False)
