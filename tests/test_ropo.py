@@ -111,3 +111,23 @@ def test_resume_mid_round_reproduces_the_uninterrupted_run(tiny_task, tmp_path, 
     assert [r["kept_ids"] for r in resumed["rounds"]] == [r["kept_ids"] for r in full["rounds"]]
     for a, b in zip(jax.tree_util.tree_leaves(p_res), jax.tree_util.tree_leaves(p_full)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_discarded_pairs_are_enriched_in_flips(tmp_path):
+    """On a smoke-size noisy task ROPO's discarded set holds more flipped pairs than the flip rate: with random
+    discarding, precision would be 0.2 +- 0.04 (one sd for ~100 discarded pairs); the test asks for >= 0.3."""
+    from jaxpref.eval import experiment
+
+    cfg = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "ropo_synthetic.py"))
+    cfg.task.num_sft_prompts, cfg.task.sft_steps = 1024, 400
+    cfg.task.num_pair_prompts, cfg.task.num_eval_prompts = 512, 32
+    cfg.train.learning_rate, cfg.train.num_epochs = 5e-4, 4.0
+    cfg.ropo.rounds, cfg.ropo.rejection_sampling = 2, False
+    td = experiment.build_task_data(cfg, 0)
+    rows, flipped = D.flip_labels(td.train_rows, 0.2, seed=0)
+    summary, trainer = ropo.run_rounds(cfg, str(tmp_path), rows, model_and_params=(td.model, td.sft_params),
+                                       progress=False)
+    trainer.close()
+    record = summary["rounds"][0]
+    assert record["num_flagged"] == len(rows) - round(0.8 * len(rows))
+    assert record["flag_precision"] >= 0.3, record

@@ -1,0 +1,28 @@
+"""Issue 10 evidence: DPO on N pairs vs DPO on the 2N reward-augmented pairs vs the half-size augmented set.
+
+    python -m jaxpref.eval.compare --spec=bench/rcdpo_table.py --out=docs/results/rcdpo_table
+
+Same SFT policy, pairs, model and step budget (DPO: N pairs x 4 epochs; augmented: 2N x 2; half: N x 4).
+"""
+
+import os
+
+from jaxpref.configs_base import load_config_file
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
+FLIP_RATES = (0.0,)
+SEEDS = (0, 1, 2)
+METRICS = ("gold_reward", "gold_reward_unconditioned", "win_rate", "clean_accuracy", "clean_accuracy_goal_max",
+           "unlearning_high_rejected", "kl")
+TITLE = "reward-conditioned DPO on the gold-reward task (3 seeds)"
+
+
+def get_variants():
+    dpo = load_config_file(os.path.join(ROOT, "rcdpo_synthetic.py"))
+    dpo.algorithm = "dpo"
+    dpo.train.num_epochs = 4.0
+    augmented = load_config_file(os.path.join(ROOT, "rcdpo_synthetic.py"))
+    half = load_config_file(os.path.join(ROOT, "rcdpo_synthetic.py"))
+    half.reward_conditioned.half = True
+    half.train.num_epochs = 4.0
+    return {"dpo": dpo, "augmented": augmented, "augmented_half": half}
