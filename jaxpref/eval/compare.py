@@ -126,6 +126,9 @@ def main(argv=None) -> int:
     only = flags.DEFINE_list("variants", None, "run only these variants")
 
     def _main(_):
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
         spec = load_spec(spec_flag.value)
         variants = spec.get_variants()
         if only.value:

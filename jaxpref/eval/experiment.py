@@ -154,6 +154,9 @@ def main(argv=None) -> int:
     quiet = flags.DEFINE_bool("quiet", False, "no progress bars")
 
     def _main(_):
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
         run_experiment(config.value, [float(r) for r in rates.value], [int(s) for s in seeds.value], out.value,
                        progress=not quiet.value)
         print(f"wrote {out.value}/results.json and {out.value}/plot.png")
