@@ -23,6 +23,7 @@ import sys
 import numpy as np
 
 from jaxpref.eval import experiment as E
+from jaxpref.eval import metrics as Me
 
 DEFAULT_METRICS = ("gold_reward", "win_rate", "clean_accuracy", "kl")
 
@@ -71,14 +72,80 @@ def run_comparison(variants: dict, flip_rates, seeds, out_dir: str, *, progress:
                 print(f"[{name}] flip {rate} seed {seed}: " + " ".join(
                     f"{k} {r[k]:.3f}" for k in metrics if isinstance(r.get(k), (int, float))), flush=True)
     summary = {name: E.aggregate(rs) for name, rs in runs.items()}
+    per_round = {name: aggregate_rounds(rs) for name, rs in runs.items()}
+    per_round = {k: v for k, v in per_round.items() if v}
     result = {"variants": {n: json.loads(c.to_json_best_effort()) for n, c in variants.items()},
-              "flip_rates": list(flip_rates), "seeds": list(seeds), "runs": runs, "summary": summary}
+              "flip_rates": list(flip_rates), "seeds": list(seeds), "runs": runs, "summary": summary,
+              "per_round": per_round}
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(result, f, indent=1, default=float)
     with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(markdown_table(summary, metrics))
+        if per_round:
+            f.write("\nPer round (mean ± std over seeds):\n\n" + markdown_round_table(per_round))
     plot_comparison(summary, metrics, os.path.join(out_dir, "plot.png"), title or f"{len(seeds)} seeds")
+    if per_round:
+        plot_rounds(per_round, os.path.join(out_dir, "rounds.png"), title or f"{len(seeds)} seeds")
     return result
+
+
+def aggregate_rounds(runs: list[dict]) -> dict:
+    """For runs with a ``rounds`` list (ROPO, APO): ``{flip rate: {round: {metric: {mean, std}}}}`` over seeds."""
+    out: dict = {}
+    for rate in sorted({r["flip_rate"] for r in runs if r.get("rounds")}):
+        group = [r["rounds"] for r in runs if r["flip_rate"] == rate and r.get("rounds")]
+        by_round: dict = {}
+        for rounds in group:
+            for i, rec in enumerate(rounds):
+                key = str(rec.get("round", i))
+                for k, v in rec.items():
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "round":
+                        by_round.setdefault(key, {}).setdefault(k, []).append(float(v))
+        out[str(rate)] = {rnd: {k: dict(zip(("mean", "std"), Me.mean_std(v))) for k, v in ms.items()}
+                          for rnd, ms in by_round.items()}
+    return out
+
+
+ROUND_METRICS = ("gold_reward", "rm_accuracy", "rm_golden_accuracy", "kl", "flag_precision", "flag_recall")
+
+
+def markdown_round_table(per_round: dict) -> str:
+    present = [m for m in ROUND_METRICS if any(m in ms for v in per_round.values() for r in v.values() for ms in r.values())]
+    lines = ["| variant | flip rate | round | " + " | ".join(present) + " |", "|---|---|---|" + "---|" * len(present)]
+    for name, per_rate in per_round.items():
+        for rate, rounds in per_rate.items():
+            for rnd, stats in rounds.items():
+                cells = [f"{stats[m]['mean']:.3f} ± {stats[m]['std']:.3f}" if m in stats else "–" for m in present]
+                lines.append(f"| {name} | {float(rate):g} | {rnd} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_rounds(per_round: dict, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = [m for m in ROUND_METRICS if any(m in ms for v in per_round.values() for r in v.values() for ms in r.values())]
+    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.6))
+    for ax, key in zip(np.atleast_1d(axes), present):
+        for name, per_rate in per_round.items():
+            for rate, rounds in per_rate.items():
+                xs = sorted(rounds, key=float)
+                if not any(key in rounds[x] for x in xs):
+                    continue
+                m = [rounds[x].get(key, {}).get("mean", np.nan) for x in xs]
+                s = [rounds[x].get(key, {}).get("std", np.nan) for x in xs]
+                label = name if len(per_rate) == 1 else f"{name} @{float(rate):g}"
+                ax.errorbar([float(x) for x in xs], m, yerr=s, marker="o", capsize=3, label=label)
+        ax.set_xlabel("round")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def markdown_table(summary: dict, metrics) -> str:

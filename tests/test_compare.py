@@ -1,0 +1,38 @@
+"""The comparison runner's aggregation, tables and plots on hand-made run records."""
+
+import pytest
+
+from jaxpref.eval import compare as C
+from jaxpref.eval import experiment as E
+
+
+def _runs():
+    return [{"flip_rate": 0.2, "seed": s, "gold_reward": g, "rounds": [{"round": 1, "gold_reward": g - 0.1,
+                                                                       "rm_accuracy": a}, {"round": 2, "gold_reward": g}]}
+            for s, g, a in ((0, 0.5, 0.6), (1, 0.7, 0.8))]
+
+
+def test_aggregation_tables_and_plots(tmp_path):
+    summary = {"a": E.aggregate(_runs())}
+    assert summary["a"]["0.2"]["gold_reward"]["mean"] == pytest.approx(0.6)
+    assert summary["a"]["0.2"]["gold_reward"]["std"] == pytest.approx(0.1)
+    table = C.markdown_table(summary, ("gold_reward", "kl"))
+    assert "| a | 0.2 | 0.600 ± 0.100 | – |" in table
+    rounds = {"a": C.aggregate_rounds(_runs())}
+    assert rounds["a"]["0.2"]["1"]["rm_accuracy"]["mean"] == pytest.approx(0.7)
+    assert rounds["a"]["0.2"]["1"]["gold_reward"]["mean"] == pytest.approx(0.5)
+    assert "rm_accuracy" not in rounds["a"]["0.2"]["2"]
+    rt = C.markdown_round_table(rounds)
+    assert "| a | 0.2 | 1 | 0.500 ± 0.100 | 0.700 ± 0.100 |" in rt and "| a | 0.2 | 2 | 0.600 ± 0.100 | – |" in rt
+    C.plot_comparison(summary, ("gold_reward",), str(tmp_path / "p.png"), "t")
+    C.plot_rounds(rounds, str(tmp_path / "r.png"), "t")
+    assert (tmp_path / "p.png").stat().st_size > 5000 and (tmp_path / "r.png").stat().st_size > 5000
+
+
+def test_spec_loading_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        C.load_spec(str(tmp_path / "missing.py"))
+    bad = tmp_path / "bad.py"
+    bad.write_text("X = 1\n")
+    with pytest.raises(ValueError, match="get_variants"):
+        C.load_spec(str(bad))
