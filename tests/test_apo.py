@@ -25,7 +25,7 @@ def test_adversarial_rm_loss_hand_computed():
     chosen = np.array([1.0, 0.5, 2.0, 0.0, 1.5, 3.0])
     rejected = np.array([0.0, 1.5, 1.0, 1.0, 0.5, 0.0])
     adv = np.array([0, 0, 1, 1, 1, 1], bool)  # 2 human pairs, 1 prompt x K=4 adversarial pairs
-    d = chosen - rejected  # 1, -1, 1, -1, 1, 3
+    # margins chosen - rejected: 1, -1, 1, -1, 1, 3
     human = (_ls(1.0) + _ls(-1.0)) / 2
     adv_rank = (_ls(1.0) + _ls(-1.0) + _ls(1.0) + _ls(3.0)) / 4  # (c_apo / K) * sum over one prompt
     for rank_w, apo_w in ((1.0, 0.1), (0.5, 2.0)):

@@ -12,8 +12,7 @@ def run(cfg, workdir: str, *, progress: bool = True) -> dict:
     try:
         summary = trainer.fit()
         result = {"algorithm": "dpo", **summary, "eval": trainer.evaluate() if trainer.eval_batcher else {}}
-        if summary["status"] == "done" and cfg.get("export", {}).get("hf", True):
-            result["hf_export"] = trainer.export_hf()
+        result.update(trainer.maybe_export(summary))
     finally:
         trainer.close()
     write_results(workdir, result)

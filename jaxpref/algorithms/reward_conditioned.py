@@ -150,8 +150,7 @@ def run(cfg, workdir: str, *, progress: bool = True) -> dict:
             result["eval"] = trainer.evaluate()
             goal_rows = conditioned(cfg, eval_rows, opts["inference_goal"], tokenizer=trainer.tokenizer)
             result["eval_goal_max"] = trainer.evaluate(trainer.batcher_for(goal_rows))
-        if summary["status"] == "done" and cfg.get("export", {}).get("hf", True):
-            result["hf_export"] = trainer.export_hf()
+        result.update(trainer.maybe_export(summary))
     finally:
         trainer.close()
     write_results(workdir, result)

@@ -106,8 +106,7 @@ def run(cfg, workdir: str, *, progress: bool = True) -> dict:
             ev = trainer.evaluate()
             result["eval"] = ev
             result["accuracy"] = ev["rewards/accuracies"]
-        if summary["status"] == "done" and cfg.get("export", {}).get("hf", True):
-            result["hf_export"] = trainer.export_hf()
+        result.update(trainer.maybe_export(summary))
     finally:
         trainer.close()
     write_results(workdir, result)

@@ -121,31 +121,15 @@ def markdown_round_table(per_round: dict) -> str:
 
 
 def plot_rounds(per_round: dict, path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     present = [m for m in ROUND_METRICS if any(m in ms for v in per_round.values() for r in v.values() for ms in r.values())]
-    fig, axes = plt.subplots(1, len(present), figsize=(4.2 * len(present), 3.6))
-    for ax, key in zip(np.atleast_1d(axes), present):
+
+    def series(key):
         for name, per_rate in per_round.items():
             for rate, rounds in per_rate.items():
-                xs = sorted(rounds, key=float)
-                if not any(key in rounds[x] for x in xs):
-                    continue
-                m = [rounds[x].get(key, {}).get("mean", np.nan) for x in xs]
-                s = [rounds[x].get(key, {}).get("std", np.nan) for x in xs]
                 label = name if len(per_rate) == 1 else f"{name} @{float(rate):g}"
-                ax.errorbar([float(x) for x in xs], m, yerr=s, marker="o", capsize=3, label=label)
-        ax.set_xlabel("round")
-        ax.set_title(key)
-        ax.grid(alpha=0.3)
-    np.atleast_1d(axes)[0].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+                yield label, rounds
+
+    _plot_panels(path, title, present, series, "round")
 
 
 def markdown_table(summary: dict, metrics) -> str:
@@ -159,21 +143,26 @@ def markdown_table(summary: dict, metrics) -> str:
 
 
 def plot_comparison(summary: dict, metrics, path: str, title: str) -> None:
+    _plot_panels(path, title, list(metrics), lambda key: summary.items(), "label flip rate")
+
+
+def _plot_panels(path: str, title: str, keys, series, xlabel: str) -> None:
+    """One panel per key; ``series(key)`` yields ``(label, {x: {metric: {mean, std}}})`` lines with error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6))
-    for ax, key in zip(np.atleast_1d(axes), metrics):
-        for name, per_rate in summary.items():
-            rates = sorted(per_rate, key=float)
-            if not any(key in per_rate[r] for r in rates):
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6))
+    for ax, key in zip(np.atleast_1d(axes), keys):
+        for label, points in series(key):
+            xs = sorted(points, key=float)
+            if not any(key in points[x] for x in xs):
                 continue
-            m = [per_rate[r].get(key, {}).get("mean", np.nan) for r in rates]
-            s = [per_rate[r].get(key, {}).get("std", np.nan) for r in rates]
-            ax.errorbar([float(r) for r in rates], m, yerr=s, marker="o", capsize=3, label=name)
-        ax.set_xlabel("label flip rate")
+            m = [points[x].get(key, {}).get("mean", np.nan) for x in xs]
+            s = [points[x].get(key, {}).get("std", np.nan) for x in xs]
+            ax.errorbar([float(x) for x in xs], m, yerr=s, marker="o", capsize=3, label=label)
+        ax.set_xlabel(xlabel)
         ax.set_title(key)
         ax.grid(alpha=0.3)
     np.atleast_1d(axes)[0].legend(fontsize=7)

@@ -404,6 +404,12 @@ class Trainer:
                     chosen[n], rejected[n] = got["c"][j], got["r"][j]
         return chosen, rejected
 
+    def maybe_export(self, summary: dict) -> dict:
+        """``{"hf_export": path}`` after a finished :meth:`fit` when ``config.export.hf`` (default on), else ``{}``."""
+        if summary.get("status") == "done" and self.cfg.get("export", {}).get("hf", True):
+            return {"hf_export": self.export_hf()}
+        return {}
+
     def export_hf(self, out_dir: str | None = None) -> str | None:
         """Write the current policy as a HF directory (process 0); returns the path there, None elsewhere."""
         out_dir = out_dir or os.path.join(self.workdir, "hf_export")
