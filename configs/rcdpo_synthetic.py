@@ -4,7 +4,7 @@
     python -m jaxpref.eval.compare --spec=bench/rcdpo_table.py --out=results/rcdpo_table
 
 The task reserves 10 goal tokens (ids 32..41, never seen in SFT); goal g conditions a prompt as
-``[BOS, goal_token(g), prompt...]``. Gold rewards map onto the scale by ``1 + round(9 * clip(r, 0, 1))``.
+``[BOS, goal_token(g), prompt...]``. Gold rewards map onto the scale by rank over the training responses (every goal populated).
 """
 
 import os

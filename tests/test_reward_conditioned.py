@@ -18,14 +18,22 @@ def test_goal_tokens_and_scale_hand_computed():
     task = S.GoldTask(vocab_size=32, goal_tokens=10)
     assert task.model_vocab_size == 42 and task.tokenizer_path == "int:42"
     assert [task.goal_token(g) for g in (1, 10)] == [32, 41]
-    # 1 + floor(9 * clip(r, 0, 1) + 0.5)
-    assert [task.score_on_scale(r) for r in (-0.5, 0.0, 1 / 6, 0.5, 5 / 6, 1.0)] == [1, 1, 3, 6, 9, 10]
     with pytest.raises(ValueError):
         task.goal_token(11)
     with pytest.raises(ValueError):
         task.goal_token(2.5)
     # content tokens (prompts and SFT responses) never use goal ids
     assert task.sample_prompts(np.random.default_rng(0), 500).max() < 32
+
+
+def test_task_scores_by_rank():
+    from types import SimpleNamespace
+
+    td = SimpleNamespace(task=S.GoldTask(vocab_size=32, goal_tokens=10))
+    rows = [{"id": "a", "score_chosen": 1.0, "score_rejected": 0.5}, {"id": "b", "score_chosen": 0.5,
+                                                                      "score_rejected": -0.25}]
+    out = RC.on_task_scores(td, rows)  # rewards 1.0, 0.5, 0.5, -0.25 -> ranks 3, 1.5, 1.5, 0 of 3
+    assert [(r["score_chosen"], r["score_rejected"]) for r in out] == [(10.0, 6.0), (6.0, 1.0)]
 
 
 def test_rank_to_scale():

@@ -165,9 +165,15 @@ def _goal_render(task):
 
 
 def on_task_scores(td, rows) -> D.PreferenceDataset:
-    """Gold-reward-task rows with their gold scores mapped onto the goal scale (``GoldTask.score_on_scale``)."""
-    return D.PreferenceDataset([dict(r, score_chosen=float(td.task.score_on_scale(r["score_chosen"])),
-                                     score_rejected=float(td.task.score_on_scale(r["score_rejected"]))) for r in rows])
+    """Gold-reward-task rows with their gold rewards mapped onto the goal scale ``1 .. goal_tokens`` by rank over
+    all ``2N`` training responses (:func:`rank_to_scale`), so every goal, the top one included, is populated --
+    as a 1-10 rating scale is in real data. (A linear map of the gold reward leaves the top goal almost empty:
+    perfect responses are rare among SFT samples, and conditioning on an unseen goal token collapses the policy.)"""
+    gold = np.array([[float(r["score_chosen"]), float(r["score_rejected"])] for r in rows]).T.reshape(-1)
+    scores = rank_to_scale(gold, (1, td.task.goal_tokens))
+    n = len(rows)
+    return D.PreferenceDataset([dict(r, score_chosen=float(scores[i]), score_rejected=float(scores[n + i]))
+                                for i, r in enumerate(rows)])
 
 
 def run_on_task(cfg, td, rows, workdir: str, *, progress: bool = False) -> dict:

@@ -71,13 +71,6 @@ class GoldTask:
     def tokenizer_path(self) -> str:
         return f"int:{self.model_vocab_size}"
 
-    def score_on_scale(self, reward: float) -> int:
-        """Gold reward -> an integer goal score ``1 .. goal_tokens``: ``1 + round((goal_tokens - 1) * clip(r, 0, 1))``
-        (rewards <= 0 are all "1"; only the ideal response scores ``goal_tokens``)."""
-        if self.goal_tokens < 2:
-            raise ValueError("score_on_scale needs goal_tokens >= 2 (config task.goal_tokens).")
-        return 1 + int(np.floor((self.goal_tokens - 1) * min(max(float(reward), 0.0), 1.0) + 0.5))
-
     def goal_token(self, score: float) -> int:
         """The token id that conditions on goal ``score`` (an integer in ``1 .. goal_tokens``)."""
         if not (float(score).is_integer() and 1 <= score <= self.goal_tokens):
