@@ -146,12 +146,18 @@ def model_config(task: GoldTask, *, hidden: int = 64, layers: int = 2, heads: in
 
 
 def sft_batches(task: GoldTask, prompts: np.ndarray, rng: np.random.Generator, q_min: float, q_max: float):
-    """One SFT example per prompt: ``(ids [N, T], loss_mask [N, T])`` with BOS + prompt + response + EOS."""
+    """One SFT example per prompt: ``(ids [N, T], loss_mask [N, T])`` with BOS + prompt + response + EOS.
+
+    With ``task.goal_tokens``, half the examples carry a *random* goal token after BOS (independent of the
+    response), so the SFT policy knows the tokens and ignores them; what a goal means is left for
+    reward-conditioned training to teach. (An untrained goal embedding in front of the prompt otherwise
+    derails the tiny policy before any preference training.)"""
     seqs, masks = [], []
     for p in prompts:
         resp = task.noisy_response(rng, p, rng.uniform(q_min, q_max)) + [EOS]
-        seqs.append([BOS] + list(p) + resp)
-        masks.append([0] * (1 + len(p)) + [1] * len(resp))
+        goal = [task.vocab_size + int(rng.integers(task.goal_tokens))] if task.goal_tokens and rng.random() < 0.5 else []
+        seqs.append([BOS] + goal + list(p) + resp)
+        masks.append([0] * (1 + len(goal) + len(p)) + [1] * len(resp))
     width = max(len(s) for s in seqs)
     ids = np.zeros((len(seqs), width), np.int32)
     mask = np.zeros((len(seqs), width), np.int32)
