@@ -2,7 +2,8 @@
 
     python -m jaxpref.eval.compare --spec=bench/rcdpo_table.py --out=docs/results/rcdpo_table
 
-Same SFT policy, pairs, model and step budget (DPO: N pairs x 4 epochs; augmented: 2N x 2; half: N x 4).
+Same SFT policy, pairs, model and step budget (DPO: N pairs x 4 epochs; augmented: 2N x 2; half: N x 4),
+plus the augmented set with 3x the steps.
 """
 
 import os
@@ -25,4 +26,6 @@ def get_variants():
     half = load_config_file(os.path.join(ROOT, "rcdpo_synthetic.py"))
     half.reward_conditioned.half = True
     half.train.num_epochs = 4.0
-    return {"dpo": dpo, "augmented": augmented, "augmented_half": half}
+    longer = load_config_file(os.path.join(ROOT, "rcdpo_synthetic.py"))
+    longer.train.num_epochs = 6.0  # 3x the step budget: does the goal-conditioned objective only need longer?
+    return {"dpo": dpo, "augmented": augmented, "augmented_half": half, "augmented_3x_steps": longer}
