@@ -202,6 +202,10 @@ def test_cli_errors_are_one_line(tmp_path):
         (["--config=configs/dpo_tiny.py", "--config.algorithm=ppo"], "config.algorithm='ppo'"),
         (["--config=configs/dpo_llama2.py", "--config.model.hf_dir=/nonexistent/llama"], "does not exist"),
         (["--config=configs/ropo_mistral.py", "--config.model.hf_dir=/nonexistent/mistral"], "does not exist"),
+        (["--config=configs/rcdpo_mistral.py"], "no such file"),
+        (["--config=configs/rcdpo_mistral.py", "--config.data.train_path=hh"], "does not exist"),
+        (["--config=configs/apo_llama2.py"], "golden"),
+        (["--config=configs/apo_llama2.py", "--config.apo.golden_field=chosen"], "does not exist"),
         (["--config=configs/dpo_tiny.py", "--config.mesh.data=3"], "config.mesh"),
         (["--config=configs/dpo_tiny.py", "--config.model.overrides.vocab_size=1000"], "vocab_size is 1000"),
     ]
