@@ -157,15 +157,16 @@ class Game:
                                    max_new_tokens=int(a.max_new_tokens), seed=seed, temperature=a.temperature,
                                    top_p=a.top_p)
 
+    def golden_vs_samples(self, policy_params, prompts: list[dict], *, seed: int, tag: str) -> list[dict]:
+        """(golden answer, policy sample) pairs, K per prompt, ids ``"<id>/<tag>_<k>"``; empty samples and samples
+        equal to the golden answer are left out."""
+        samples = self._sample(policy_params, prompts, seed=seed)
+        return [{"id": f"{p['id']}/{tag}_{k}", "prompt": p["prompt"], "chosen": p["golden"], "rejected": c}
+                for p, cands in zip(prompts, samples) for k, c in enumerate(cands) if c.strip() and c != p["golden"]]
+
     def adversarial_rows(self, policy_params, round_index: int) -> list[dict]:
-        samples = self._sample(policy_params, self.rm_prompts, seed=self.cfg.seed * 1009 + 2 * round_index)
-        rows = []
-        for p, cands in zip(self.rm_prompts, samples):
-            for k, c in enumerate(cands):
-                if c.strip() and c != p["golden"]:
-                    rows.append({"id": f"{p['id']}/adv{round_index}_{k}", "prompt": p["prompt"], "chosen": p["golden"],
-                                 "rejected": c})
-        return rows
+        return self.golden_vs_samples(policy_params, self.rm_prompts, seed=self.cfg.seed * 1009 + 2 * round_index,
+                                      tag=f"adv{round_index}")
 
     def rm_trainer(self, round_index: int, adversarial: list[dict], previous_rm_params=None) -> Trainer:
         a = self.cfg.apo
@@ -185,7 +186,7 @@ class Game:
         rows = []
         dpo = self.cfg.apo.policy_update == "dpo"
         for p, cands, scored in zip(self.policy_prompts, candidates, scores):
-            bw = Sm.best_and_worst(scored) if len(scored) >= 2 else ((0, 0) if len(scored) == 1 else None)
+            bw = Sm.best_and_worst(scored)
             if bw is None or (dpo and bw[0] == bw[1]):
                 continue
             rows.append({"id": f"{p['id']}/pol{round_index}", "prompt": p["prompt"], "chosen": cands[bw[0]],
@@ -206,10 +207,8 @@ class Game:
         if self.rm_eval_rows is not None:
             out["rm_accuracy"] = rm.evaluate()["rewards/accuracies"]
         if self.golden_eval:
-            samples = self._sample(policy_params, self.golden_eval, seed=self.cfg.seed * 1009 + 7919 + round_index)
-            rows = [{"id": f"{p['id']}/g{k}", "prompt": p["prompt"], "chosen": p["golden"], "rejected": c}
-                    for p, cands in zip(self.golden_eval, samples) for k, c in enumerate(cands)
-                    if c.strip() and c != p["golden"]]
+            rows = self.golden_vs_samples(policy_params, self.golden_eval, seed=self.cfg.seed * 1009 + 7919 + round_index,
+                                          tag="g")
             if rows:
                 out["rm_golden_accuracy"] = rm.evaluate(rm.batcher_for(D.PreferenceDataset(rows)))["rewards/accuracies"]
         return out

@@ -190,9 +190,10 @@ def run_on_task(cfg, td, rows, workdir: str, *, progress: bool = False) -> dict:
                           f"reward_conditioned.scale_min/max = 1/{task.goal_tokens}; got {task.goal_tokens} and "
                           f"{opts['scale']}.")
     render = _goal_render(task)
-    scored = on_task_scores(td, rows)
     if opts["scores"] == "implicit":
         scored = implicit_scores(cfg, rows, workdir, model_and_params=(td.model, td.sft_params), progress=progress)
+    else:
+        scored = on_task_scores(td, rows)
     augmented = augment(cfg, scored, render=render)
     trainer = Trainer(cfg, workdir, rows=augmented, eval_rows=td.eval_rows, model_and_params=(td.model, td.sft_params),
                       progress=progress)
@@ -210,9 +211,10 @@ def run_on_task(cfg, td, rows, workdir: str, *, progress: bool = False) -> dict:
         result["gold_reward_unconditioned"] = sampled_gold_reward(task, td.model, params, td.eval_prompts,
                                                                   seed=cfg.seed + 2)["gold_reward_sampled"]
         lo, hi = int(opts["scale"][0]), int(opts["scale"][1])
-        result["goal_sweep"] = [[g, sampled_gold_reward(task, td.model, params, td.eval_prompts, seed=cfg.seed + 2,
-                                                        prefix=[task.goal_token(g)])["gold_reward_sampled"]]
-                                for g in range(lo, hi + 1)]
+        # the inference goal's entry is the gold reward above (same prompts, seed and prefix): not sampled twice
+        result["goal_sweep"] = [[g, result["gold_reward"] if g == goal else sampled_gold_reward(
+            task, td.model, params, td.eval_prompts, seed=cfg.seed + 2, prefix=[task.goal_token(g)])["gold_reward_sampled"]]
+            for g in range(lo, hi + 1)]
         result["unlearning_high_rejected"] = high_rejected_unlearning(td, params, rows)
         result["unlearning_high_rejected_goal_max"] = high_rejected_unlearning(td, params, rows, prefix=prefix)
     finally:

@@ -22,7 +22,6 @@ optimizer and schedule), ``margin``, ``label_smoothing``, ``head_seed``.
 from __future__ import annotations
 
 import ml_collections
-import numpy as np
 
 from jaxpref import data as D
 from jaxpref.losses import adversarial_rm_pair_losses
@@ -63,12 +62,10 @@ def weight_rows(human: list[dict], adversarial: list[dict], *, rank_weight: floa
 
 
 def rm_config(cfg) -> ml_collections.ConfigDict:
-    """``cfg`` with ``train`` replaced by ``cfg.reward_model.train`` (the RM's own optimizer and schedule) and
-    no reference model."""
+    """``cfg`` with ``train`` replaced by ``cfg.reward_model.train`` (the RM's own optimizer and schedule)."""
     out = cfg.copy_and_resolve_references()
     with out.unlocked():
         out.train = cfg.reward_model.train.copy_and_resolve_references()
-        out.reference.mode = "frozen"  # unused: the RM trainer runs with reference="none"
     return out
 
 
@@ -83,13 +80,6 @@ def reward_trainer(cfg, workdir: str, rows, *, eval_rows=None, model_and_params,
     return Trainer(rm_config(cfg), workdir, rows=rows, eval_rows=eval_rows, model_and_params=model_and_params,
                    pair_loss=rm_pair_loss(cfg.reward_model, form), scorer=R.sequence_rewards, reference="none",
                    progress=progress)
-
-
-def score_pairs(trainer: Trainer, params, rows) -> tuple[np.ndarray, np.ndarray]:
-    """Rewards ``(chosen [N], rejected [N])`` of ``rows`` under reward-model ``params`` (order of the rows that
-    tokenize; see :meth:`Trainer.pair_logps`)."""
-    pairs = D.tokenize_dataset(rows, trainer.tokenizer, trainer.tok_options, skip_invalid=False, progress=False)
-    return trainer.pair_logps(params, pairs)
 
 
 def run(cfg, workdir: str, *, progress: bool = True) -> dict:

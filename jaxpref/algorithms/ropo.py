@@ -175,6 +175,12 @@ def run_rounds(cfg, workdir: str, rows: D.PreferenceDataset, *, model_and_params
     start_params = params0
     records = []
     trainer = None
+
+    def theta_trainer(round_dir, train_rows):
+        return Trainer(cfg, round_dir, rows=D.PreferenceDataset(train_rows), eval_rows=eval_rows,
+                       model_and_params=(model, start_params), reference_params=params0,
+                       pair_loss=ropo_pair_loss(rcfg, beta), progress=progress)
+
     for r in range(rounds):
         round_dir = os.path.join(workdir, f"round_{r}")
         record_path = os.path.join(round_dir, "round.json")
@@ -183,16 +189,12 @@ def run_rounds(cfg, workdir: str, rows: D.PreferenceDataset, *, model_and_params
                 record = json.load(f)
             records.append(record)
             current = record["next_rows"]
-            trainer = Trainer(cfg, round_dir, rows=D.PreferenceDataset(record["train_rows"]), eval_rows=eval_rows,
-                              model_and_params=(model, start_params), reference_params=params0,
-                              pair_loss=ropo_pair_loss(rcfg, beta), progress=progress)
+            trainer = theta_trainer(round_dir, record["train_rows"])
             trainer.maybe_restore()
             start_params = params0 if rcfg.get("restart_from_initial", False) else host_tree(trainer.state.params)
             trainer.close()
             continue
-        trainer = Trainer(cfg, round_dir, rows=D.PreferenceDataset(current), eval_rows=eval_rows,
-                          model_and_params=(model, start_params), reference_params=params0,
-                          pair_loss=ropo_pair_loss(rcfg, beta), progress=progress)
+        trainer = theta_trainer(round_dir, current)
         trainer.fit()
         if r == rounds - 1:
             break

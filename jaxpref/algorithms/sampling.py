@@ -86,7 +86,7 @@ def score_candidates(trainer: Trainer, prompts: list, candidates: list[list[str]
 
 
 def best_and_worst(scores: dict[int, float]) -> tuple[int, int] | None:
-    """Indices of the highest and lowest score (first on ties), or None with fewer than two candidates."""
-    if len(scores) < 2:
+    """Indices of the highest and lowest score (first on ties): ``(k, k)`` for a single candidate, None for none."""
+    if not scores:
         return None
     return max(scores, key=scores.get), min(scores, key=scores.get)

@@ -66,10 +66,10 @@ def sampled_kl(task, model, params, ref_params, prompts: np.ndarray, *, seed: in
 
     # Score exactly what was sampled (EOS included when emitted; a response cut at max_new_tokens has none).
     samples = sample(task, model, params, prompts, num_samples=num_samples, seed=seed, keep_eos=True, prefix=prefix)
-    flat_prompts = [[BOS] + list(p) for p, ss in zip(prompts, samples) for _ in ss]
+    flat_prompts = [list(p) for p, ss in zip(prompts, samples) for _ in ss]
     flat = [s for ss in samples for s in ss]
-    pol = sequence_logps_of(model, params, [[BOS] + list(prefix) + p[1:] for p in flat_prompts], flat)
-    ref = sequence_logps_of(model, ref_params, flat_prompts, flat)
+    pol = sequence_logps_of(model, params, [[BOS] + list(prefix) + p for p in flat_prompts], flat)
+    ref = sequence_logps_of(model, ref_params, [[BOS] + p for p in flat_prompts], flat)
     return float(np.mean(pol - ref))
 
 

@@ -97,18 +97,18 @@ class StepFns:
     * ``zero(params) -> acc``: a fresh accumulator with the grads sharded like the params.
 
     ``scorer(params, model, batch, vocab_chunk=) -> (chosen [P], rejected [P])`` gives the per-sequence
-    quantities the pair loss compares: summed response log-probs (:func:`sequence_logps`, the default) or a
+    quantities the pair loss compares: summed response log-probs (:func:`sequence_logps`, the default, None) or a
     reward model's scores (:func:`jaxpref.models.reward.sequence_rewards`).
     """
 
     def __init__(self, model: LlamaForCausalLM, tx: optax.GradientTransformation, schedule, pair_loss: PairLoss, *,
                  mesh, state_shardings, reference: str = "frozen", vocab_chunk: int = 8192,
-                 scorer: Callable = sequence_logps):
+                 scorer: Callable | None = None):
         if reference not in ("frozen", "cached", "none"):
             raise ValueError(f"reference must be 'frozen', 'cached' or 'none', got {reference!r}.")
         self.mesh = mesh
         terms = functools.partial(_loss_terms, model=model, pair_loss=pair_loss, reference=reference,
-                                  vocab_chunk=vocab_chunk, scorer=scorer)
+                                  vocab_chunk=vocab_chunk, scorer=scorer or sequence_logps)
         param_sh = state_shardings.params
         scalar = S.replicated(mesh)
         acc_sh = {"grads": param_sh, "weight": scalar, "metrics": {k: scalar for k in METRIC_KEYS}}

@@ -221,7 +221,7 @@ class Trainer:
             self.reference = "none"
         self.step_fns = StepFns(self.model, self.tx, self.schedule, pair_loss or dpo_pair_loss(cfg.loss),
                                 mesh=self.mesh, state_shardings=self.shardings, reference=self.reference,
-                                vocab_chunk=tc.get("vocab_chunk", 8192), **({"scorer": scorer} if scorer else {}))
+                                vocab_chunk=tc.get("vocab_chunk", 8192), scorer=scorer)
         self.state = create_sharded_state(init_params, self.tx, jax.random.PRNGKey(cfg.get("seed", 0)), self.shardings)
         self.ref_params = None
         self.ref_table = None
