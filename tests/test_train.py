@@ -181,6 +181,13 @@ def test_reference_cache_hit_and_equal_to_frozen(tmp_path):
     np.testing.assert_allclose(np.asarray(out_cached["ref_chosen"]), np.asarray(out_frozen["ref_chosen"]), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(out_cached["ref_rejected"]), np.asarray(out_frozen["ref_rejected"]), rtol=1e-5)
     first.fit()
+    # reference log-probs of the train pairs after training: the cached table == a frozen pass == a fresh
+    # placement of pi_0 (another pair list), and no longer the policy's
+    from_table, from_frozen = first.reference_logps(), frozen.reference_logps()
+    subset = first.reference_logps(first.pairs[:5])
+    np.testing.assert_allclose(from_table, from_frozen, rtol=1e-5)
+    np.testing.assert_allclose(subset, np.asarray(from_table)[:, :5], rtol=1e-5)
+    assert not np.allclose(first.pair_logps(first.state.params, first.pairs)[0], from_table[0], rtol=1e-3)
     first.close()
     frozen.close()
     second = Trainer(cfg, str(tmp_path / "c"), progress=False)

@@ -97,9 +97,8 @@ def implicit_scores(cfg, rows: D.PreferenceDataset, workdir: str, *, model_and_p
         else:
             trainer.fit()
             policy = trainer.state.params
-        ref = jax.device_put(params0, trainer.shardings.params)
         pol_c, pol_r = trainer.pair_logps(policy, trainer.pairs)
-        ref_c, ref_r = trainer.pair_logps(ref, trainer.pairs)
+        ref_c, ref_r = trainer.reference_logps(trainer.pairs)
         beta = cfg.loss.beta
         rewards = np.concatenate([beta * (pol_c - ref_c), beta * (pol_r - ref_r)])
         scores = rank_to_scale(rewards, opts["scale"])

@@ -200,9 +200,8 @@ def run_rounds(cfg, workdir: str, rows: D.PreferenceDataset, *, model_and_params
             break
         # w-step over the pairs that survived tokenization (the trainer's pairs)
         pairs = trainer.pairs
-        ref_placed = jax.device_put(params0, trainer.shardings.params)
         pol = trainer.pair_logps(trainer.state.params, pairs)
-        ref = trainer.pair_logps(ref_placed, pairs)
+        ref = trainer.reference_logps(pairs)  # the trainer's cached table or frozen copy of pi_0
         losses = per_pair_losses(pol, ref, kind=rcfg.get("filter_loss", "ropo"), alpha=alpha, beta=beta)
         num_keep = int(round((1.0 - rcfg.filter_ratio) * len(pairs)))
         weights = ropo_weight_update(losses, num_keep)
@@ -211,8 +210,8 @@ def run_rounds(cfg, workdir: str, rows: D.PreferenceDataset, *, model_and_params
         discarded = [by_id[p.id] for p, w in zip(pairs, weights) if w == 0]
         new_rows = []
         if rcfg.get("rejection_sampling", True) and discarded:
-            new_rows = rejection_sample(trainer, trainer.state.params, ref_placed, discarded, round_index=r, rcfg=rcfg,
-                                        beta=beta, seed=cfg.get("seed", 0))
+            new_rows = rejection_sample(trainer, trainer.state.params, trainer.placed_reference(), discarded,
+                                        round_index=r, rcfg=rcfg, beta=beta, seed=cfg.get("seed", 0))
         record = {
             "round": r,
             "num_pairs": len(pairs),

@@ -226,6 +226,7 @@ class Trainer:
         self.ref_params = None
         self.ref_table = None
         ref_source = init_params if reference_params is None else reference_params
+        self._ref_source, self._ref_placed_on_demand = ref_source, None
         if self.reference != "none":
             # a copy, never an alias of the policy's buffers (the state is donated every step)
             placed = jax.jit(lambda p: jax.tree_util.tree_map(jnp.copy, p), out_shardings=self.shardings.params)(
@@ -403,6 +404,24 @@ class Trainer:
                     n = index[id(batcher.pairs[i])]
                     chosen[n], rejected[n] = got["c"][j], got["r"][j]
         return chosen, rejected
+
+    def reference_logps(self, pairs: list[D.TokenizedPair] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Reference log-probs ``(chosen [N], rejected [N])`` of ``pairs`` (default: the train pairs) without a
+        second copy of the reference on the devices: the cached table when ``pairs`` are the train pairs, else
+        a pass with the placed reference (:meth:`placed_reference`)."""
+        pairs = self.pairs if pairs is None else pairs
+        if self.reference == "cached" and pairs is self.pairs and self.ref_table is not None:
+            return self.ref_table[0].astype(np.float32), self.ref_table[1].astype(np.float32)
+        return self.pair_logps(self.placed_reference(), pairs)
+
+    def placed_reference(self):
+        """The reference params placed like the policy's: the frozen copy the steps use, or (cached / none
+        mode) a fresh placement of the reference source, made once and kept."""
+        if self.ref_params is not None:
+            return self.ref_params
+        if self._ref_placed_on_demand is None:
+            self._ref_placed_on_demand = jax.device_put(self._ref_source, self.shardings.params)
+        return self._ref_placed_on_demand
 
     def maybe_export(self, summary: dict) -> dict:
         """``{"hf_export": path}`` after a finished :meth:`fit` when ``config.export.hf`` (default on), else ``{}``."""
