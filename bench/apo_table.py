@@ -1,5 +1,6 @@
 """Issue 11 evidence: APO vs the base-RM baseline (apo_weight 0, same compute), with rejection sampling and
-with DPO, plus the paper's ablations (no human-pair term; the "diff" form).
+with DPO, plus the paper's ablations (no human-pair term; the "diff" form) and a heavier adversarial term
+(apo_weight 1.0 instead of 0.1).
 
     python -m jaxpref.eval.compare --spec=bench/apo_table.py --out=docs/results/apo_table
 
@@ -32,4 +33,6 @@ def get_variants():
         "base_rm_dpo": _cfg(apo_weight=0.0, policy_update="dpo"),
         "apo_rjs_no_human": _cfg(rank_weight=0.0),
         "apo_rjs_diff": _cfg(form="diff"),
+        "apo_rjs_w1": _cfg(apo_weight=1.0),
+        "apo_dpo_w1": _cfg(apo_weight=1.0, policy_update="dpo"),
     }

@@ -36,3 +36,27 @@ def test_spec_loading_errors(tmp_path):
     bad.write_text("X = 1\n")
     with pytest.raises(ValueError, match="get_variants"):
         C.load_spec(str(bad))
+
+
+@pytest.mark.parametrize("name", ["ropo_table", "rcdpo_table", "apo_table"])
+def test_shipped_specs_load_and_share_one_task(name):
+    import os
+
+    from jaxpref.algorithms import ALGORITHMS
+
+    spec = C.load_spec(os.path.join(os.path.dirname(__file__), "..", "bench", f"{name}.py"))
+    variants = spec.get_variants()
+    assert len(variants) >= 2
+    C._check_same_task(variants)  # raises if a variant would not share the seed's SFT data
+    assert all(cfg.algorithm in ALGORITHMS for cfg in variants.values())
+
+
+def test_specs_with_different_tasks_are_refused():
+    from jaxpref.configs_base import load_config_file
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "dpo_synthetic.py")
+    a, b = load_config_file(path), load_config_file(path)
+    b.task.num_pair_prompts = 7
+    with pytest.raises(ValueError, match="share one task"):
+        C._check_same_task({"a": a, "b": b})
