@@ -52,8 +52,9 @@ def test_shipped_specs_load_and_share_one_task(name):
 
 
 def test_specs_with_different_tasks_are_refused():
-    from jaxpref.configs_base import load_config_file
     import os
+
+    from jaxpref.configs_base import load_config_file
 
     path = os.path.join(os.path.dirname(__file__), "..", "configs", "dpo_synthetic.py")
     a, b = load_config_file(path), load_config_file(path)
