@@ -1,6 +1,6 @@
 """Issue 11 evidence: APO vs the base-RM baseline (apo_weight 0, same compute), with rejection sampling and
 with DPO, plus the paper's ablations (no human-pair term; the "diff" form) and a heavier adversarial term
-(apo_weight 1.0 instead of 0.1).
+(apo_weight 1.0 instead of 0.1), with both policy updates.
 
     python -m jaxpref.eval.compare --spec=bench/apo_table.py --out=docs/results/apo_table
 
@@ -15,7 +15,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
 FLIP_RATES = (0.0,)
 SEEDS = (0, 1, 2)
 METRICS = ("gold_reward", "rm_accuracy", "rm_golden_accuracy", "kl", "win_rate")
-TITLE = "APO vs base RM on the gold-reward task (3 seeds, last round)"
+TITLE = "APO vs base RM on the gold-reward task (3 seeds)"
 
 
 def _cfg(**apo):
@@ -35,4 +35,5 @@ def get_variants():
         "apo_rjs_diff": _cfg(form="diff"),
         "apo_rjs_w1": _cfg(apo_weight=1.0),
         "apo_dpo_w1": _cfg(apo_weight=1.0, policy_update="dpo"),
+        "apo_dpo_no_human": _cfg(rank_weight=0.0, policy_update="dpo"),
     }

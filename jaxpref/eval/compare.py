@@ -129,7 +129,7 @@ def plot_rounds(per_round: dict, path: str, title: str) -> None:
                 label = name if len(per_rate) == 1 else f"{name} @{float(rate):g}"
                 yield label, rounds
 
-    _plot_panels(path, title, present, series, "round")
+    _plot_panels(path, f"{title}, per round" if title else "per round", present, series, "round", integer_x=True)
 
 
 def markdown_table(summary: dict, metrics) -> str:
@@ -146,7 +146,7 @@ def plot_comparison(summary: dict, metrics, path: str, title: str) -> None:
     _plot_panels(path, title, list(metrics), lambda key: summary.items(), "label flip rate")
 
 
-def _plot_panels(path: str, title: str, keys, series, xlabel: str) -> None:
+def _plot_panels(path: str, title: str, keys, series, xlabel: str, *, integer_x: bool = False) -> None:
     """One panel per key; ``series(key)`` yields ``(label, {x: {metric: {mean, std}}})`` lines with error bars."""
     import matplotlib
 
@@ -163,6 +163,8 @@ def _plot_panels(path: str, title: str, keys, series, xlabel: str) -> None:
             s = [points[x].get(key, {}).get("std", np.nan) for x in xs]
             ax.errorbar([float(x) for x in xs], m, yerr=s, marker="o", capsize=3, label=label)
         ax.set_xlabel(xlabel)
+        if integer_x:
+            ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(key)
         ax.grid(alpha=0.3)
     np.atleast_1d(axes)[0].legend(fontsize=7)
