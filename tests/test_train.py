@@ -181,6 +181,7 @@ def test_reference_cache_hit_and_equal_to_frozen(tmp_path):
     np.testing.assert_allclose(np.asarray(out_cached["ref_chosen"]), np.asarray(out_frozen["ref_chosen"]), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(out_cached["ref_rejected"]), np.asarray(out_frozen["ref_rejected"]), rtol=1e-5)
     first.fit()
+    frozen.fit()
     # reference log-probs of the train pairs after training: the cached table == a frozen pass == a fresh
     # placement of pi_0 (another pair list), and no longer the policy's
     from_table, from_frozen = first.reference_logps(), frozen.reference_logps()
@@ -188,6 +189,12 @@ def test_reference_cache_hit_and_equal_to_frozen(tmp_path):
     np.testing.assert_allclose(from_table, from_frozen, rtol=1e-5)
     np.testing.assert_allclose(subset, np.asarray(from_table)[:, :5], rtol=1e-5)
     assert not np.allclose(first.pair_logps(first.state.params, first.pairs)[0], from_table[0], rtol=1e-3)
+    # with_reference: the policy's and the reference's log-probs from one call, equal to the separate calls
+    for trainer, reference in ((first, from_table), (frozen, from_frozen)):
+        policy, ref = trainer.pair_logps(trainer.state.params, trainer.pairs, with_reference=True)
+        np.testing.assert_allclose(policy, trainer.pair_logps(trainer.state.params, trainer.pairs), rtol=1e-5)
+        np.testing.assert_allclose(ref, reference, rtol=1e-5)
+        assert not np.allclose(policy[0], ref[0], rtol=1e-3)
     first.close()
     frozen.close()
     second = Trainer(cfg, str(tmp_path / "c"), progress=False)

@@ -97,8 +97,7 @@ def implicit_scores(cfg, rows: D.PreferenceDataset, workdir: str, *, model_and_p
         else:
             trainer.fit()
             policy = trainer.state.params
-        pol_c, pol_r = trainer.pair_logps(policy, trainer.pairs)
-        ref_c, ref_r = trainer.reference_logps(trainer.pairs)
+        (pol_c, pol_r), (ref_c, ref_r) = trainer.pair_logps(policy, trainer.pairs, with_reference=True)
         beta = cfg.loss.beta
         rewards = np.concatenate([beta * (pol_c - ref_c), beta * (pol_r - ref_r)])
         scores = rank_to_scale(rewards, opts["scale"])

@@ -102,7 +102,7 @@ def per_pair_losses(policy: tuple, reference: tuple, *, kind: str, alpha: float,
 # ---- rejection sampling --------------------------------------------------------------------------------
 
 
-def rejection_sample(trainer: Trainer, policy_params, ref_params, rows: list[dict], *, round_index: int,
+def rejection_sample(trainer: Trainer, policy_params, rows: list[dict], *, round_index: int,
                      rcfg, beta: float, seed: int) -> list[dict]:
     """New pairs for discarded ``rows``: most vs least implicit-reward candidate among ``num_candidates``
     policy samples (+ the originals). Prompts whose candidates all coincide get no new pair."""
@@ -124,7 +124,7 @@ def rejection_sample(trainer: Trainer, policy_params, ref_params, rows: list[dic
         candidates.append(list(dict.fromkeys(c for c in cands if c.strip())))
 
     def implicit_reward(pairs):
-        pol, ref = trainer.pair_logps(policy_params, pairs), trainer.pair_logps(ref_params, pairs)
+        pol, ref = trainer.pair_logps(policy_params, pairs, with_reference=True)  # reference: the trainer's pi_0
         return beta * (pol[0] - ref[0]), beta * (pol[1] - ref[1])
 
     new_rows = []
@@ -200,8 +200,7 @@ def run_rounds(cfg, workdir: str, rows: D.PreferenceDataset, *, model_and_params
             break
         # w-step over the pairs that survived tokenization (the trainer's pairs)
         pairs = trainer.pairs
-        pol = trainer.pair_logps(trainer.state.params, pairs)
-        ref = trainer.reference_logps(pairs)  # the trainer's cached table or frozen copy of pi_0
+        pol, ref = trainer.pair_logps(trainer.state.params, pairs, with_reference=True)  # reference: pi_0
         losses = per_pair_losses(pol, ref, kind=rcfg.get("filter_loss", "ropo"), alpha=alpha, beta=beta)
         num_keep = int(round((1.0 - rcfg.filter_ratio) * len(pairs)))
         weights = ropo_weight_update(losses, num_keep)
@@ -210,8 +209,8 @@ def run_rounds(cfg, workdir: str, rows: D.PreferenceDataset, *, model_and_params
         discarded = [by_id[p.id] for p, w in zip(pairs, weights) if w == 0]
         new_rows = []
         if rcfg.get("rejection_sampling", True) and discarded:
-            new_rows = rejection_sample(trainer, trainer.state.params, trainer.placed_reference(), discarded,
-                                        round_index=r, rcfg=rcfg, beta=beta, seed=cfg.get("seed", 0))
+            new_rows = rejection_sample(trainer, trainer.state.params, discarded, round_index=r, rcfg=rcfg,
+                                        beta=beta, seed=cfg.get("seed", 0))
         record = {
             "round": r,
             "num_pairs": len(pairs),

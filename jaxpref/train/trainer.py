@@ -387,34 +387,43 @@ class Trainer:
         return D.PairBatcher(pairs, batch_options(self.cfg, shuffle=False), pad_id=self.tokenizer.pad_id,
                              process_index=jax.process_index(), process_count=jax.process_count())
 
-    def pair_logps(self, params, pairs: list[D.TokenizedPair]) -> tuple[np.ndarray, np.ndarray]:
+    def pair_logps(self, params, pairs: list[D.TokenizedPair], *, with_reference: bool = False):
         """Summed response log-probs ``(chosen [N], rejected [N])`` of ``pairs`` under ``params`` (placed like the
-        policy's params), in the order of ``pairs``."""
+        policy's params), in the order of ``pairs``.
+
+        ``with_reference=True`` returns ``((chosen, rejected), (ref_chosen, ref_rejected))``. With a frozen
+        reference the evaluation step computes the reference's log-probs in the same pass, so they come from
+        it; otherwise they come from :meth:`reference_logps`."""
+        frozen = self.reference == "frozen"
         batcher = self.batcher_for(pairs=pairs)
         index = {id(p): n for n, p in enumerate(pairs)}
-        chosen = np.zeros(len(pairs), np.float32)
-        rejected = np.zeros(len(pairs), np.float32)
+        got_all = {k: np.zeros(len(pairs), np.float32) for k in ("c", "r", "rc", "rr")}
         for indices in batcher.epoch_plan(0):
             local = batcher.make_batch(indices)
-            _, _, out = self.step_fns.evaluate(params, None if self.reference != "frozen" else self.ref_params,
+            _, _, out = self.step_fns.evaluate(params, self.ref_params if frozen else None,
                                                self._to_device(local, with_ref=False))
-            got = host_tree({"c": out["policy_chosen"], "r": out["policy_rejected"]})
+            got = host_tree({"c": out["policy_chosen"], "r": out["policy_rejected"], "rc": out["ref_chosen"],
+                             "rr": out["ref_rejected"]})
             for j, i in enumerate(indices + [-1] * (len(got["c"]) - len(indices))):
                 if i >= 0:
                     n = index[id(batcher.pairs[i])]
-                    chosen[n], rejected[n] = got["c"][j], got["r"][j]
-        return chosen, rejected
+                    for k in got_all:
+                        got_all[k][n] = got[k][j]
+        policy = got_all["c"], got_all["r"]
+        if not with_reference:
+            return policy
+        return policy, ((got_all["rc"], got_all["rr"]) if frozen else self.reference_logps(pairs))
 
     def reference_logps(self, pairs: list[D.TokenizedPair] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Reference log-probs ``(chosen [N], rejected [N])`` of ``pairs`` (default: the train pairs) without a
         second copy of the reference on the devices: the cached table when ``pairs`` are the train pairs, else
-        a pass with the placed reference (:meth:`placed_reference`)."""
+        a pass with the placed reference (:meth:`_placed_reference`)."""
         pairs = self.pairs if pairs is None else pairs
         if self.reference == "cached" and pairs is self.pairs and self.ref_table is not None:
             return self.ref_table[0].astype(np.float32), self.ref_table[1].astype(np.float32)
-        return self.pair_logps(self.placed_reference(), pairs)
+        return self.pair_logps(self._placed_reference(), pairs)
 
-    def placed_reference(self):
+    def _placed_reference(self):
         """The reference params placed like the policy's: the frozen copy the steps use, or (cached / none
         mode) a fresh placement of the reference source, made once and kept."""
         if self.ref_params is not None:
