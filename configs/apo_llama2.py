@@ -19,7 +19,6 @@ def get_config():
     c.data.max_prompt_length = 256
     c.data.buckets = (256, 512)
     c.train.num_epochs = 1.0
-    c.reward_model.train = c.train.copy_and_resolve_references()
     c.reward_model.train.learning_rate = 1e-6
     c.reward_model.train.num_epochs = 1.0
     c.reward_model.train.pairs_per_batch = 64

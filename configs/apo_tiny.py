@@ -17,7 +17,6 @@ def get_config():
     c.data.max_rows = 64
     c.train.num_steps = 8  # policy steps per round
     c.train.save_every = 0
-    c.reward_model.train = c.train.copy_and_resolve_references()
     c.reward_model.train.num_steps = 8
     c.reward_model.train.learning_rate = 1e-3
     c.apo.rounds = 2

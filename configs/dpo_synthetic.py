@@ -4,32 +4,13 @@
     python -m jaxpref.eval.experiment --config=configs/dpo_synthetic.py --flip_rates=0,0.2,0.4 --seeds=0,1,2 --out=DIR
 """
 
-import ml_collections
-
 from jaxpref.configs_base import base_config
-
-
-def task_config() -> ml_collections.ConfigDict:
-    t = ml_collections.ConfigDict()
-    t.vocab_size = 32  # PAD, BOS, EOS + 29 content tokens
-    t.prompt_length = 6
-    t.length_penalty = 0.5
-    t.num_sft_prompts = 4096
-    t.sft_steps = 1500
-    t.num_pair_prompts = 512  # one pair per prompt (fewer if all samples tie)
-    t.samples_per_prompt = 4
-    t.labeling = "deterministic"  # deterministic | bradley_terry
-    t.selection = "random"  # random | best_worst
-    t.num_eval_prompts = 256
-    t.hidden = 64
-    t.layers = 2
-    return t
 
 
 def get_config():
     c = base_config()
     c.algorithm = "dpo"
-    c.task = task_config()
+    c.task.name = "gold"  # the task section's defaults (jaxpref/configs_base.py) are this task's settings
     c.tokenizer.path = "int:32"
     c.data.flip_rate = 0.0
     c.data.max_length = 24

@@ -14,7 +14,6 @@ from jaxpref.configs_base import load_config_file
 def get_config():
     c = load_config_file(os.path.join(os.path.dirname(__file__), "dpo_tiny.py"))
     c.algorithm = "reward_model"
-    c.reward_model.train = c.train.copy_and_resolve_references()
     c.reward_model.train.learning_rate = 1e-3
     c.reward_model.train.num_steps = 40
     c.reward_model.margin = 0.0

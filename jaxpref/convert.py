@@ -1,18 +1,98 @@
 """Command-line checkpoint conversion.
 
-    python -m jaxpref.convert hf-to-flax --src HF_DIR --dst PARAMS_DIR   # orbax PyTree checkpoint
-    python -m jaxpref.convert flax-to-hf --src PARAMS_DIR --config HF_DIR_OR_CONFIG_JSON --dst HF_DIR
+    python -m jaxpref.convert hf-to-flax --src HF_DIR_OR_HUB_ID --dst DIR      # orbax params + config.json
+    python -m jaxpref.convert flax-to-hf --src DIR --dst HF_DIR                 # DIR written by hf-to-flax
+    python -m jaxpref.convert flax-to-hf --src WORKDIR/checkpoints/STEP --dst HF_DIR [--config-dir HF_DIR]
+    python -m jaxpref.convert flax-to-hf --src WORKDIR [--step N] --dst HF_DIR [--config-dir HF_DIR]
     python -m jaxpref.convert gguf-to-hf --src MODEL.gguf --dst HF_DIR
-    python -m jaxpref.convert roundtrip --src HF_DIR --dst HF_DIR      # HF -> Flax -> HF (a check)
+    python -m jaxpref.convert roundtrip --src HF_DIR --dst HF_DIR              # HF -> Flax -> HF (a check)
+
+flax-to-hf from a training run reads only ``state.params`` of the orbax checkpoint (``--step``, default the
+step named in ``--src``, else the latest; ``--part policy|rm`` for APO's combined checkpoints). The params do
+not say which architecture they belong to, so the model config comes from ``--config-dir`` (a HF directory
+with ``config.json``, normally the model the run started from, or the config.json file itself), else from
+``WORKDIR/hf_export/config.json`` when the run finished and exported. The tokenizer is ``--tokenizer-dir``,
+else the config directory's, else ``WORKDIR/hf_export``'s; ``generation_config.json`` and the config class
+(Llama or Mistral) come from the config directory. A reward-model checkpoint (params ``backbone`` +
+``score``) exports as ``*ForSequenceClassification``.
+
+Errors in the input (missing or corrupt files, a config that does not fit the params) print one ``error:``
+line and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
+
+
+def _dtype(name: str | None):
+    import ml_dtypes
+    import numpy as np
+
+    if name is None:
+        return None
+    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+
+
+def _config_dir(args, workdir: str | None) -> str:
+    """The directory of the config.json describing the params (see the module docstring)."""
+    from jaxpref.models import convert as C
+
+    if args.config_dir:
+        path = os.path.expanduser(args.config_dir)
+        if os.path.isfile(path):  # a config.json file given directly
+            return os.path.dirname(os.path.abspath(path))
+        return C.resolve_model_dir(path)
+    candidates = [args.src] if workdir is None else [os.path.join(workdir, "hf_export")]
+    for d in candidates:
+        if os.path.isfile(os.path.join(d, "config.json")):
+            return d
+    raise C.CheckpointError(f"No model config for {args.src}: pass --config-dir HF_DIR (the model the run started "
+                            f"from){'' if workdir is None else f'; {workdir}/hf_export/config.json does not exist'}.")
+
+
+def _workdir_of(step_dir: str) -> str:
+    """``WORKDIR`` of ``WORKDIR/checkpoints/<step>``."""
+    return os.path.dirname(os.path.dirname(step_dir))
+
+
+def flax_to_hf(args) -> str:
+    """The flax-to-hf command; returns the output directory."""
+    from jaxpref.models import convert as C
+    from jaxpref.models import reward as R
+
+    legacy = os.path.isdir(os.path.join(args.src, "params"))  # written by hf-to-flax
+    if legacy:
+        import orbax.checkpoint as ocp
+
+        workdir = None
+        try:
+            params = ocp.PyTreeCheckpointer().restore(os.path.abspath(os.path.join(args.src, "params")))
+        except Exception as e:
+            raise C.CheckpointError(f"{args.src}/params: orbax cannot restore it ({type(e).__name__}); the "
+                                    "checkpoint is incomplete or corrupt.") from None
+    else:
+        step_dir = C.train_checkpoint_step_dir(args.src, args.step)
+        workdir = _workdir_of(step_dir)
+        params = C.read_train_checkpoint_params(step_dir, args.part)
+    config_dir = _config_dir(args, workdir)
+    cfg = C.load_hf_config(config_dir)
+    tokenizer = args.tokenizer_dir
+    if tokenizer is None:
+        for d in [config_dir] + ([] if workdir is None else [os.path.join(workdir, "hf_export")]):
+            if C.has_tokenizer(d):
+                tokenizer = d
+                break
+    if tokenizer is None:
+        print(f"note: no tokenizer found in {config_dir}; the export has none (pass --tokenizer-dir)", file=sys.stderr)
+    dtype = _dtype(args.dtype)
+    if set(params) == {"backbone", "score"}:
+        model = R.RewardModel(cfg)
+        return R.save_pretrained(model, params, args.dst, dtype=dtype, tokenizer_dir=tokenizer, source_dir=config_dir)
+    return C.export_hf(params, cfg, args.dst, dtype=dtype, tokenizer_dir=tokenizer, source_dir=config_dir)
 
 
 def main(argv=None) -> int:
@@ -21,45 +101,44 @@ def main(argv=None) -> int:
     parser.add_argument("command", choices=["hf-to-flax", "flax-to-hf", "gguf-to-hf", "roundtrip"])
     parser.add_argument("--src", required=True)
     parser.add_argument("--dst", required=True)
-    parser.add_argument("--config", help="flax-to-hf: HF directory or config.json describing the model")
-    parser.add_argument("--dtype", default=None, help="stored dtype: float32 or bfloat16 (default: as read)")
+    parser.add_argument("--config-dir", "--config", dest="config_dir",
+                        help="flax-to-hf: HF directory (or its config.json) describing the model")
+    parser.add_argument("--tokenizer-dir", help="flax-to-hf: tokenizer to save with the export")
+    parser.add_argument("--step", type=int, help="flax-to-hf: training step to export (default: the latest)")
+    parser.add_argument("--part", help="flax-to-hf: which state of a combined checkpoint (APO: policy or rm)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="stored dtype (default: as read)")
     args = parser.parse_args(argv)
 
-    import numpy as np
-
+    from jaxpref.errors import EXIT_USER_ERROR, UserError
     from jaxpref.models import convert as C
-    from jaxpref.models.config import ModelConfig
 
-    dtype = None if args.dtype is None else np.dtype(__import__("ml_dtypes").bfloat16 if args.dtype == "bfloat16"
-                                                     else args.dtype)
+    dtype = _dtype(args.dtype)
     start = time.time()
     try:
         if args.command == "gguf-to-hf":
             C.gguf_to_hf_dir(args.src, args.dst)
-        elif args.command in ("hf-to-flax", "roundtrip"):
-            cfg = C.load_hf_config(args.src)
-            params = C.hf_to_flax_params(args.src, cfg, dtype=dtype or np.float32)
-            if args.command == "roundtrip":
-                C.save_hf_checkpoint(params, cfg, args.dst, dtype=dtype)
-            else:
-                import orbax.checkpoint as ocp
-
-                ocp.PyTreeCheckpointer().save(os.path.abspath(os.path.join(args.dst, "params")), params, force=True)
-                with open(os.path.join(args.dst, "config.json"), "w") as f:
-                    json.dump(cfg.to_hf_dict(), f, indent=2)
-        else:
+        elif args.command == "roundtrip":
+            src = C.resolve_model_dir(args.src)
+            cfg = C.load_hf_config(src)
+            params = C.hf_to_flax_params(src, cfg, dtype=dtype or "float32")
+            C.export_hf(params, cfg, args.dst, dtype=dtype, source_dir=src)
+        elif args.command == "hf-to-flax":
+            import numpy as np
             import orbax.checkpoint as ocp
 
-            config_path = args.config or os.path.join(args.src, "config.json")
-            if os.path.isdir(config_path):
-                config_path = os.path.join(config_path, "config.json")
-            with open(config_path) as f:
-                cfg = ModelConfig.from_hf_dict(json.load(f))
-            params = ocp.PyTreeCheckpointer().restore(os.path.abspath(os.path.join(args.src, "params")))
-            C.save_hf_checkpoint(params, cfg, args.dst, dtype=dtype)
-    except (C.CheckpointError, FileNotFoundError) as e:
+            src = C.resolve_model_dir(args.src)
+            cfg = C.load_hf_config(src)
+            params = C.hf_to_flax_params(src, cfg, dtype=dtype or np.float32)
+            ocp.PyTreeCheckpointer().save(os.path.abspath(os.path.join(args.dst, "params")), params, force=True)
+            C.hf_config(cfg, dtype=C.hf_dtype_name(dtype or np.float32)).save_pretrained(args.dst)
+            if C.has_tokenizer(src):  # so that flax-to-hf of this directory gives a complete export
+                C.load_export_tokenizer(src).save_pretrained(args.dst)
+        else:
+            flax_to_hf(args)
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_USER_ERROR
     print(f"{args.command}: {args.src} -> {args.dst} in {time.time() - start:.1f} s")
     return 0
 

@@ -121,3 +121,16 @@ def sequence_logprobs(per_token_logps: Array, loss_mask: Array) -> tuple[Array, 
     total = jnp.sum(per_token_logps * mask, axis=-1)
     count = jnp.sum(mask, axis=-1)
     return total, total / jnp.maximum(count, 1.0), count
+
+
+def sequence_sums(values: Array, mask: Array, sequence_ids: Array, num_pairs: int) -> tuple[Array, Array]:
+    """Per-sequence sums of a preference batch: ``sum_t values[r, t] * mask[r, t]`` grouped by
+    ``sequence_ids`` ``[R, L]`` (sequence ``2i`` = pair ``i``'s chosen response, ``2i + 1`` its rejected one,
+    ``2P`` = padding) -> ``(chosen [P], rejected [P])``. One ``segment_sum``, so packed rows (several sequences
+    per row) and plain rows are the same computation. With per-token log-probs and the response mask this
+    is the summed response log-prob of every sequence; with a reward model's per-token scores and a
+    last-token mask it is every sequence's reward."""
+    flat = (values * mask).reshape(-1)
+    sums = jax.ops.segment_sum(flat, sequence_ids.reshape(-1), num_segments=2 * num_pairs + 1)[: 2 * num_pairs]
+    sums = sums.reshape(num_pairs, 2)
+    return sums[:, 0], sums[:, 1]

@@ -1,7 +1,10 @@
 """Entry point: ``python -m jaxpref.main --config=configs/NAME.py --workdir=DIR [--config.x.y=value ...]``.
 
-``config.algorithm`` selects dpo / ropo / reward_conditioned / apo. Configuration and data errors print
-one ``error:`` line (no traceback) and exit with status 2; a non-finite loss exits with status 3.
+``config.algorithm`` selects dpo / ropo / reward_conditioned / apo / reward_model; ``config.task.name``
+the task adapter (real data by default). Exit status: 0 done; 2 a user error (bad config, data, files:
+one ``error:`` line, no traceback); 3 a non-finite loss (the message names the last good checkpoint);
+75 preempted by SIGTERM/SIGINT after saving (re-run the same command to resume). Anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,55 +17,72 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, exports and results.")
-_QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
+_QUIET = flags.DEFINE_bool("quiet", False, "No progress bars and no INFO lines (warnings and errors only).")
+_ALLOW_CHANGES = flags.DEFINE_bool(
+    "allow_config_changes", False,
+    "Resume a workdir although the config changes what is trained (e.g. a lower learning rate after a NaN stop).")
 
 
-def run(cfg, workdir: str, *, progress: bool = True) -> dict:
-    """Dispatch on ``cfg.algorithm``; raises ``ValueError`` for an unknown name.
+def setup_logging(quiet: bool) -> None:
+    """jaxpref's INFO lines on stderr (hidden by ``--quiet``); libraries (orbax, absl) at WARNING."""
+    from absl import logging as absl_logging
 
-    A config with a ``task`` section runs on the gold-reward task (one seed, ``data.flip_rate``)."""
-    from jaxpref.algorithms import ALGORITHMS, PLANNED
-
-    name = cfg.get("algorithm", "dpo")
-    if name not in ALGORITHMS:
-        hint = " (not implemented yet)" if name in PLANNED else ""
-        raise ValueError(f"config.algorithm={name!r}{hint}; available: {sorted(ALGORITHMS)}.")
-    if cfg.get("task"):
-        from jaxpref.eval import experiment
-
-        td = experiment.build_task_data(cfg, cfg.seed, progress=progress)
-        return experiment.run_one(cfg, td, cfg.data.get("flip_rate", 0.0), cfg.seed, workdir, progress=progress)
-    return ALGORITHMS[name](cfg, workdir, progress=progress)
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save step at INFO
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("jaxpref").setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def main(argv) -> int:
     del argv
-    from jaxpref.checkpoint_errors import user_errors
+    from jaxpref import errors
+    from jaxpref.pipeline import run
+    from jaxpref.train import preemption
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save step at INFO
+    setup_logging(_QUIET.value)
     cfg = _CONFIG.value
     if cfg is None or not _WORKDIR.value:
         print("error: pass --config=configs/NAME.py and --workdir=DIR", file=sys.stderr)
-        return 2
+        return errors.EXIT_USER_ERROR
+    previous = preemption.handle_signals()
     try:
-        result = run(cfg, _WORKDIR.value, progress=not _QUIET.value)
-    except user_errors() as e:
+        result = run(cfg, _WORKDIR.value, progress=not _QUIET.value, allow_config_changes=_ALLOW_CHANGES.value)
+    except errors.UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return errors.EXIT_USER_ERROR
     except FloatingPointError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3
+        return errors.EXIT_NONFINITE
+    except errors.Preempted as e:
+        print(f"{cfg.algorithm}: {e}", file=sys.stderr)
+        return errors.EXIT_PREEMPTED
+    finally:
+        preemption.restore_signals(previous)
     step = result.get("step")
     where = f" at step {step}" if step is not None else ""
     print(f"{cfg.algorithm}: {result.get('status', 'done')}{where}; results in {_WORKDIR.value}/results.json")
     return 0
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad ``--config.*`` override (a misspelt key, a value of the wrong type) as one
+    ``error:`` line and exit status 2 instead of a traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        from jaxpref.configs_base import unknown_key_message
+
+        message = None
+        for arg in argv[1:]:
+            if arg.startswith("--config."):
+                message = unknown_key_message(arg[len("--config."):].split("=", 1)[0])
+                if message:
+                    break
+        print(f"error: {message or str(e).strip().splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+
+
 def entry() -> None:
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

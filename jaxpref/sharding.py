@@ -33,6 +33,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("head_dim", None),
     ("mlp", "tensor"),
     ("norm", None),
+    ("lora_rank", None),  # LoRA adapters: A [in..., rank], B [rank, out...] split like their base kernel
     # activations
     ("activation_batch", ("data", "fsdp")),
     ("activation_length", None),

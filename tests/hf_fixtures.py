@@ -63,3 +63,54 @@ def smollm2_hf_dir() -> str:
     from jaxpref.models import gguf_to_hf_dir
 
     return gguf_to_hf_dir(smollm2_gguf_path(), os.path.join(CACHE_DIR, "smollm2-135m-instruct-hf"))
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+_CORPUS = ["Human: how do I bake bread? Assistant: Mix flour, water, salt and yeast, then bake it.",
+           "The quick brown fox jumps over the lazy dog.", "Preference pairs: a chosen and a rejected response.",
+           "<|user|> <|assistant|> <|system|> hello world, hello there, how are you today?"] * 20
+
+
+def tiny_bpe_tokenizer(directory=None, vocab_size: int = 300, *, pad_is_eos: bool = True):
+    """A byte-level BPE trained with ``tokenizers`` on a few sentences, wrapped as a transformers fast tokenizer
+    with a chat template (``<unk>`` = 0, ``<s>`` = 1, ``</s>`` = 2; pad = EOS unless ``pad_is_eos=False``, then a
+    ``<pad>`` token = 3). Saved to ``directory`` when given."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    specials = ["<unk>", "<s>", "</s>"] + ([] if pad_is_eos else ["<pad>"])
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_CORPUS, trainer)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                                unk_token="<unk>", pad_token="</s>" if pad_is_eos else "<pad>")
+    fast.chat_template = CHAT_TEMPLATE
+    if directory is not None:
+        fast.save_pretrained(str(directory))
+    return fast
+
+
+def fake_hub_cache(cache_dir, repo_id: str, files_dir, commit: str = "0123456789abcdef0123456789abcdef01234567"):
+    """Lay ``files_dir``'s files out as huggingface_hub's cache does for ``repo_id``:
+    ``models--org--name/blobs/<sha256>``, ``snapshots/<commit>/<file>`` symlinks to the blobs, ``refs/main``.
+    Returns the snapshot directory."""
+    import hashlib
+    import shutil
+
+    repo = os.path.join(str(cache_dir), "models--" + repo_id.replace("/", "--"))
+    snapshot = os.path.join(repo, "snapshots", commit)
+    os.makedirs(os.path.join(repo, "blobs"), exist_ok=True)
+    os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
+    os.makedirs(snapshot, exist_ok=True)
+    for name in sorted(os.listdir(str(files_dir))):
+        src = os.path.join(str(files_dir), name)
+        with open(src, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        shutil.copyfile(src, os.path.join(repo, "blobs", digest))
+        os.symlink(os.path.join("..", "..", "blobs", digest), os.path.join(snapshot, name))
+    with open(os.path.join(repo, "refs", "main"), "w") as f:
+        f.write(commit)
+    return snapshot

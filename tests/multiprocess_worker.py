@@ -22,7 +22,7 @@ cfg.distributed.coordinator_address = f"127.0.0.1:{port}"
 cfg.distributed.num_processes = 2
 cfg.distributed.process_id = process_id
 cfg.distributed.cpu_collectives = "gloo"
-trainer = Trainer(cfg, workdir, progress=False)
+trainer = Trainer.from_config(cfg, workdir, progress=False)
 assert jax.process_count() == 2 and len(jax.devices()) == 4
 out = trainer.fit()
 from jaxpref.train.trainer import host_tree  # noqa: E402

@@ -14,6 +14,8 @@ from jaxpref.configs_base import load_config_file
 from jaxpref.losses import adversarial_rm_loss, adversarial_rm_pair_losses, adversarial_rm_pair_weights
 from jaxpref.models import reward as R
 
+from helpers import run_algorithm
+
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
 
@@ -82,7 +84,10 @@ def test_reward_read_at_the_last_response_token(packing):
                           rows_per_batch=3 if packing else None)
     batcher = D.PairBatcher(pairs, opts, pad_id=2)  # pad id == EOS: the read-out must not rely on pad ids
     batch = batcher.make_batch(batcher.epoch_plan(0)[0])
-    chosen, rejected = R.sequence_rewards(params, model, {k: jnp.asarray(v) for k, v in batch.items()})
+    from jaxpref.train.step import Batch
+
+    batch = jax.tree_util.tree_map(jnp.asarray, Batch.from_host(batch))
+    chosen, rejected = R.sequence_rewards(params, model, batch)
     for n, p in enumerate(pairs):
         for got, resp in ((chosen[n], p.chosen_ids), (rejected[n], p.rejected_ids)):
             seq = np.concatenate([p.prompt_ids, resp])[None]
@@ -140,30 +145,34 @@ def _tiny_apo_cfg():
 
 @pytest.fixture(scope="module")
 def tiny_apo():
-    from jaxpref.eval import experiment
+    from jaxpref.tasks import gold
 
     cfg = _tiny_apo_cfg()
-    return cfg, experiment.build_task_data(cfg, 0)
+    return cfg, gold.build_task_data(cfg, 0)
 
 
 def test_one_game_changes_both_states_and_resumes_mid_round(tiny_apo, tmp_path, monkeypatch):
     from jaxpref.algorithms import apo
 
     cfg, td = tiny_apo
-    full = apo.run_on_task(cfg, td, td.train_rows, str(tmp_path / "full"))
+    full, _ = run_algorithm(cfg, str(tmp_path / "full"), task_data=td)
     assert [r["round"] for r in full["rounds"]] == [1, 2]
     for r in full["rounds"]:
         for key in ("gold_reward", "rm_accuracy", "rm_golden_accuracy", "kl"):
             assert np.isfinite(r[key]), key
     # the combined checkpoint holds both states, and both moved away from their starting points
-    game = apo.Game(cfg, str(tmp_path / "full"), policy_model=td.model, sft_params=td.sft_params,
-                    human_rows=td.train_rows, rm_prompts=[], policy_prompts=[], progress=False)
+    from jaxpref.pipeline import task_inputs
+    from jaxpref.train.runtime import Runtime
+
+    inputs = task_inputs(cfg, task_data=td)
+    game = apo.Game(Runtime.build(cfg, model=inputs.model, tokenizer=inputs.tokenizer), str(tmp_path / "full"), inputs,
+                    progress=False)
     policy_params, rm_params, records = game._restore_round(1)
     assert records == full["rounds"]
     moved = lambda a, b: max(float(jnp.abs(x - y).max()) for x, y in zip(jax.tree_util.tree_leaves(a),  # noqa: E731
                                                                       jax.tree_util.tree_leaves(b)))
     assert moved(policy_params, td.sft_params) > 1e-4
-    assert moved(rm_params, game.rm_base[1]) > 1e-4
+    assert moved(rm_params, game.rm_base) > 1e-4
     # a run killed inside round 1 (after its RM, before its policy pairs) resumes to the same result
     calls = {"n": 0}
     real = apo.Game.policy_rows
@@ -176,9 +185,9 @@ def test_one_game_changes_both_states_and_resumes_mid_round(tiny_apo, tmp_path, 
 
     monkeypatch.setattr(apo.Game, "policy_rows", dying)
     with pytest.raises(KeyboardInterrupt):
-        apo.run_on_task(cfg, td, td.train_rows, str(tmp_path / "resumed"))
+        run_algorithm(cfg, str(tmp_path / "resumed"), task_data=td)
     monkeypatch.setattr(apo.Game, "policy_rows", real)
-    resumed = apo.run_on_task(cfg, td, td.train_rows, str(tmp_path / "resumed"))
+    resumed, _ = run_algorithm(cfg, str(tmp_path / "resumed"), task_data=td)
     assert len(resumed["rounds"]) == len(full["rounds"])
     for a, b in zip(resumed["rounds"], full["rounds"]):
         assert a.keys() == b.keys()
@@ -190,10 +199,10 @@ def test_one_game_changes_both_states_and_resumes_mid_round(tiny_apo, tmp_path, 
 
 def test_standalone_reward_model_and_apo_on_real_text(tmp_path):
     """``configs/rm_tiny.py`` (held-out accuracy, HF export that transformers loads) and ``configs/apo_tiny.py``
-    (both exports) through ``jaxpref.main.run``, shortened; a missing golden field is a one-line DataError."""
+    (both exports) through ``jaxpref.pipeline.run`` (the CLI's path), shortened; a missing golden field is a one-line DataError."""
     import transformers
 
-    from jaxpref.main import run
+    from jaxpref.pipeline import run
 
     cfg = load_config_file(os.path.join(CONFIGS, "rm_tiny.py"))
     cfg.data.max_rows = 48

@@ -15,15 +15,15 @@ def _runs():
 def test_aggregation_tables_and_plots(tmp_path):
     summary = {"a": E.aggregate(_runs())}
     assert summary["a"]["0.2"]["gold_reward"]["mean"] == pytest.approx(0.6)
-    assert summary["a"]["0.2"]["gold_reward"]["std"] == pytest.approx(0.1)
+    assert summary["a"]["0.2"]["gold_reward"]["std"] == pytest.approx(0.1 * 2 ** 0.5)  # sample std of 0.5, 0.7
     table = C.markdown_table(summary, ("gold_reward", "kl"))
-    assert "| a | 0.2 | 0.600 ± 0.100 | – |" in table
+    assert "| a | 0.2 | 0.600 ± 0.141 | – |" in table
     rounds = {"a": C.aggregate_rounds(_runs())}
     assert rounds["a"]["0.2"]["1"]["rm_accuracy"]["mean"] == pytest.approx(0.7)
     assert rounds["a"]["0.2"]["1"]["gold_reward"]["mean"] == pytest.approx(0.5)
     assert "rm_accuracy" not in rounds["a"]["0.2"]["2"]
     rt = C.markdown_round_table(rounds)
-    assert "| a | 0.2 | 1 | 0.500 ± 0.100 | 0.700 ± 0.100 |" in rt and "| a | 0.2 | 2 | 0.600 ± 0.100 | – |" in rt
+    assert "| a | 0.2 | 1 | 0.500 ± 0.141 | 0.700 ± 0.141 |" in rt and "| a | 0.2 | 2 | 0.600 ± 0.141 | – |" in rt
     C.plot_comparison(summary, ("gold_reward",), str(tmp_path / "p.png"), "t")
     C.plot_rounds(rounds, str(tmp_path / "r.png"), "t")
     assert (tmp_path / "p.png").stat().st_size > 5000 and (tmp_path / "r.png").stat().st_size > 5000

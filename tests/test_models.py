@@ -235,4 +235,4 @@ def test_convert_cli(tmp_path):
     a, b = load_file(os.path.join(src, "model.safetensors")), load_file(str(tmp_path / "back" / "model.safetensors"))
     assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
     bad = run("hf-to-flax", "--src", str(tmp_path / "missing"), "--dst", str(tmp_path / "x"))
-    assert bad.returncode == 1 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr

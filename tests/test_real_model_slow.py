@@ -25,7 +25,7 @@ def test_smollm2_dpo_on_hh_reports_preference_accuracy(tmp_path):
     cfg.reference.mode = "frozen"
     cfg.mesh.num_devices = 1
     cfg.export.hf = False
-    trainer = Trainer(cfg, str(tmp_path), progress=False)
+    trainer = Trainer.from_config(cfg, str(tmp_path), progress=False)
     before = trainer.evaluate()
     assert abs(before["loss"] - np.log(2)) < 1e-4  # policy == reference at the start
     trainer.fit()

@@ -9,7 +9,11 @@ import pytest
 
 from jaxpref.algorithms import reward_conditioned as RC
 from jaxpref.configs_base import load_config_file
-from jaxpref.eval import synthetic as S
+from jaxpref.tasks import synthetic as S
+
+from helpers import run_algorithm
+from jaxpref.data.relabel import rank_to_scale
+from jaxpref.tasks.gold import goal_scores
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
@@ -30,15 +34,15 @@ def test_task_scores_by_rank():
     from types import SimpleNamespace
 
     td = SimpleNamespace(task=S.GoldTask(vocab_size=32, goal_tokens=10))
-    rows = [{"id": "a", "score_chosen": 1.0, "score_rejected": 0.5}, {"id": "b", "score_chosen": 0.5,
-                                                                      "score_rejected": -0.25}]
-    out = RC.on_task_scores(td, rows)  # rewards 1.0, 0.5, 0.5, -0.25 -> ranks 3, 1.5, 1.5, 0 of 3
+    rows = [{"id": "a", "gold_chosen": 1.0, "gold_rejected": 0.5}, {"id": "b", "gold_chosen": 0.5,
+                                                                    "gold_rejected": -0.25}]
+    out = goal_scores(td, rows)  # rewards 1.0, 0.5, 0.5, -0.25 -> ranks 3, 1.5, 1.5, 0 of 3
     assert [(r["score_chosen"], r["score_rejected"]) for r in out] == [(10.0, 6.0), (6.0, 1.0)]
 
 
 def test_rank_to_scale():
-    assert RC.rank_to_scale([0.3, -1.0, 2.0], (1, 10)).tolist() == [6.0, 1.0, 10.0]  # ranks 1, 0, 2 of 2
-    assert RC.rank_to_scale([5.0, 5.0, 1.0, 9.0], (1, 10)).tolist() == [6.0, 6.0, 1.0, 10.0]  # ties: mean rank 1.5
+    assert rank_to_scale([0.3, -1.0, 2.0], (1, 10)).tolist() == [6.0, 1.0, 10.0]  # ranks 1, 0, 2 of 2
+    assert rank_to_scale([5.0, 5.0, 1.0, 9.0], (1, 10)).tolist() == [6.0, 6.0, 1.0, 10.0]  # ties: mean rank 1.5
 
 
 def _smoke_cfg():
@@ -92,12 +96,12 @@ def test_smoke_comparison_dpo_vs_augmented(tmp_path, monkeypatch):
 
 
 def test_implicit_scores_on_the_task(tmp_path):
-    from jaxpref.eval import experiment as E
+    from jaxpref.tasks import gold
 
     cfg = _smoke_cfg()
     cfg.reward_conditioned.scores = "implicit"
-    td = E.build_task_data(cfg, 0)
-    r = RC.run_on_task(cfg, td, td.train_rows, str(tmp_path))
+    td = gold.build_task_data(cfg, 0)
+    r, _ = run_algorithm(cfg, str(tmp_path), task_data=td)
     assert r["num_augmented_pairs"] >= 2 * len(td.train_rows) - 2  # ties are kept; only untokenizable rows drop
     assert (tmp_path / "implicit_dpo" / "checkpoints").exists()
 
@@ -106,7 +110,7 @@ def test_real_data_path_with_scores(tmp_path):
     """``python -m jaxpref.main`` on scored HH text with the shipped Mistral tokenizer: relabels, trains,
     evaluates unconditioned and conditioned."""
     from jaxpref import data as D
-    from jaxpref.main import run
+    from jaxpref.pipeline import run
 
     rows = D.load_preferences(D.SHIPPED_HH, skip_invalid=True)[:24]
     rng = np.random.default_rng(0)

@@ -13,6 +13,8 @@ from jaxpref import data as D
 from jaxpref.algorithms import ropo
 from jaxpref.train import trainer as trainer_mod
 
+from helpers import run_algorithm
+
 
 @pytest.mark.parametrize("seed", range(6))
 def test_weight_update_equals_brute_force(seed):
@@ -48,19 +50,18 @@ def _tiny_cfg():
 
 @pytest.fixture(scope="module")
 def tiny_task():
-    from jaxpref.eval import experiment
+    from jaxpref.tasks import gold
 
     cfg = _tiny_cfg()
-    td = experiment.build_task_data(cfg, 0)
-    rows, flipped = D.flip_labels(td.train_rows, 0.25, seed=0)
+    cfg.seed, cfg.data.flip_rate = 0, 0.25
+    td = gold.build_task_data(cfg, 0)
+    rows = gold.inputs(cfg, td).rows  # the rows the algorithm sees: 25% flipped with seed 0
     return cfg, td, rows
 
 
 def test_one_round_keeps_discards_and_resamples_as_the_weights_say(tiny_task, tmp_path):
     cfg, td, rows = tiny_task
-    summary, trainer = ropo.run_rounds(cfg, str(tmp_path), rows, model_and_params=(td.model, td.sft_params),
-                                       eval_rows=td.eval_rows, progress=False)
-    trainer.close()
+    summary, _ = run_algorithm(cfg, str(tmp_path), task_data=td)
     record = json.loads((tmp_path / "round_0" / "round.json").read_text())
     n = record["num_pairs"]
     assert n == len(rows)
@@ -86,10 +87,7 @@ def test_one_round_keeps_discards_and_resamples_as_the_weights_say(tiny_task, tm
 
 def test_resume_mid_round_reproduces_the_uninterrupted_run(tiny_task, tmp_path, monkeypatch):
     cfg, td, rows = tiny_task
-    full, t_full = ropo.run_rounds(cfg, str(tmp_path / "full"), rows, model_and_params=(td.model, td.sft_params),
-                                   progress=False)
-    p_full = jax.device_get(t_full.state.params)
-    t_full.close()
+    full, p_full = run_algorithm(cfg, str(tmp_path / "full"), task_data=td)
 
     original_fit = trainer_mod.Trainer.fit
 
@@ -101,13 +99,10 @@ def test_resume_mid_round_reproduces_the_uninterrupted_run(tiny_task, tmp_path, 
 
     monkeypatch.setattr(trainer_mod.Trainer, "fit", killed_in_round_1)
     with pytest.raises(KeyboardInterrupt):
-        ropo.run_rounds(cfg, str(tmp_path / "part"), rows, model_and_params=(td.model, td.sft_params), progress=False)
+        run_algorithm(cfg, str(tmp_path / "part"), task_data=td)
     monkeypatch.setattr(trainer_mod.Trainer, "fit", original_fit)
     assert (tmp_path / "part" / "round_1" / "checkpoints").exists()
-    resumed, t_res = ropo.run_rounds(cfg, str(tmp_path / "part"), rows, model_and_params=(td.model, td.sft_params),
-                                     progress=False)
-    p_res = jax.device_get(t_res.state.params)
-    t_res.close()
+    resumed, p_res = run_algorithm(cfg, str(tmp_path / "part"), task_data=td)
     assert [r["kept_ids"] for r in resumed["rounds"]] == [r["kept_ids"] for r in full["rounds"]]
     for a, b in zip(jax.tree_util.tree_leaves(p_res), jax.tree_util.tree_leaves(p_full)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -116,18 +111,17 @@ def test_resume_mid_round_reproduces_the_uninterrupted_run(tiny_task, tmp_path, 
 def test_discarded_pairs_are_enriched_in_flips(tmp_path):
     """On a smoke-size noisy task ROPO's discarded set holds more flipped pairs than the flip rate: with random
     discarding, precision would be 0.2 +- 0.04 (one sd for ~100 discarded pairs); the test asks for >= 0.3."""
-    from jaxpref.eval import experiment
+    from jaxpref.tasks import gold
 
     cfg = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "ropo_synthetic.py"))
     cfg.task.num_sft_prompts, cfg.task.sft_steps = 1024, 400
     cfg.task.num_pair_prompts, cfg.task.num_eval_prompts = 512, 32
     cfg.train.learning_rate, cfg.train.num_epochs = 5e-4, 4.0
     cfg.ropo.rounds, cfg.ropo.rejection_sampling = 2, False
-    td = experiment.build_task_data(cfg, 0)
-    rows, flipped = D.flip_labels(td.train_rows, 0.2, seed=0)
-    summary, trainer = ropo.run_rounds(cfg, str(tmp_path), rows, model_and_params=(td.model, td.sft_params),
-                                       progress=False)
-    trainer.close()
+    cfg.seed, cfg.data.flip_rate = 0, 0.2
+    td = gold.build_task_data(cfg, 0)
+    rows = gold.inputs(cfg, td).rows
+    summary, _ = run_algorithm(cfg, str(tmp_path), task_data=td)
     record = summary["rounds"][0]
     assert record["num_flagged"] == len(rows) - round(0.8 * len(rows))
     assert record["flag_precision"] >= 0.3, record

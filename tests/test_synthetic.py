@@ -9,7 +9,7 @@ from jaxpref.configs_base import load_config_file
 from jaxpref import data as D
 from jaxpref import models as M
 from jaxpref.eval import metrics as Me
-from jaxpref.eval import synthetic as S
+from jaxpref.tasks import synthetic as S
 
 TASK = S.GoldTask(vocab_size=32, prompt_length=3, mult=5, shift=7, length_penalty=0.5)
 
@@ -78,7 +78,7 @@ def test_metric_functions_hand_computed():
     assert Me.win_rate([1, 0.5, 0.2, 0.0], [0.5, 0.5, 0.3, -1]) == pytest.approx((1 + 0.5 + 0 + 1) / 4)
     pr = Me.flag_precision_recall(["a", "b", "c", "d"], ["b", "d", "e"])
     assert pr["flag_precision"] == 0.5 and pr["flag_recall"] == pytest.approx(2 / 3)
-    assert Me.mean_std([1.0, 2.0, 3.0]) == pytest.approx((2.0, np.std([1, 2, 3])))
+    assert Me.mean_std([1.0, 2.0, 3.0]) == pytest.approx((2.0, np.std([1, 2, 3], ddof=1)))  # sample std
     with pytest.raises(ValueError):
         Me.win_rate([1.0], [1.0, 2.0])
 
@@ -91,16 +91,16 @@ def test_sequence_logps_and_kl_on_fixed_samples():
     import jax.numpy as jnp
 
     prompt, resp = [1, 3, 4, 5], [20, 15]
-    got = Me.sequence_logps_of(model, params, [prompt], [resp + [S.EOS]])[0]
+    got = Me.response_logprobs(model, params, [prompt], [resp + [S.EOS]])[0]
     seq = jnp.asarray([prompt + resp + [S.EOS]])
     logp = jax.nn.log_softmax(model.apply({"params": params}, seq)[0])
     manual = sum(float(logp[i, int(seq[0, i + 1])]) for i in range(3, 6))
     assert got == pytest.approx(manual, rel=1e-5)
-    assert Me.sampled_kl(TASK, model, params, params, np.array([[3, 4, 5], [6, 7, 8]])) == pytest.approx(0.0, abs=1e-6)
+    assert S.sampled_kl(TASK, model, params, params, np.array([[3, 4, 5], [6, 7, 8]])) == pytest.approx(0.0, abs=1e-6)
     # a sharper reference (LM head x3): KL(pi || ref) estimated from samples is clearly positive
     other = jax.tree_util.tree_map(lambda x: x, params)
     other["lm_head"]["kernel"] = params["lm_head"]["kernel"] * 30.0
-    kl = Me.sampled_kl(TASK, model, params, other, np.array([[3, 4, 5]] * 64), num_samples=4)
+    kl = S.sampled_kl(TASK, model, params, other, np.array([[3, 4, 5]] * 64), num_samples=4)
     assert kl > 0.5
 
 

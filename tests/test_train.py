@@ -26,6 +26,7 @@ def tiny_config(**train):
     c = base_config()
     c.model.preset = "tiny_llama"
     c.model.overrides = {"vocab_size": 32000}
+    c.tokenizer.path = TOK
     c.data.train_path = "hh"
     c.data.max_rows = 64
     c.data.max_length = 96
@@ -112,13 +113,13 @@ def _losses(workdir):
 
 def test_kill_and_resume_reproduces_losses(tmp_path):
     cfg = tiny_config(num_steps=6, save_every=3)
-    full = Trainer(cfg, str(tmp_path / "full"), progress=False)
+    full = Trainer.from_config(cfg, str(tmp_path / "full"), progress=False)
     full.fit()
     full.close()
-    part = Trainer(cfg, str(tmp_path / "part"), progress=False)
+    part = Trainer.from_config(cfg, str(tmp_path / "part"), progress=False)
     part.fit(num_steps=3)  # "killed" after the checkpoint at step 3
     part.close()
-    resumed = Trainer(cfg, str(tmp_path / "part"), progress=False)
+    resumed = Trainer.from_config(cfg, str(tmp_path / "part"), progress=False)
     assert resumed.fit()["step"] == 6
     resumed.close()
     a, b = _losses(str(tmp_path / "full")), _losses(str(tmp_path / "part"))
@@ -129,8 +130,15 @@ def test_kill_and_resume_reproduces_losses(tmp_path):
 
 def test_sigterm_saves_and_stops(tmp_path):
     cfg = tiny_config(num_steps=6)
-    t = Trainer(cfg, str(tmp_path), progress=False)
-    out = t.fit(on_step=lambda step, m: os.kill(os.getpid(), signal.SIGTERM) if step == 2 else None)
+    t = Trainer.from_config(cfg, str(tmp_path), progress=False)
+    from jaxpref.train import preemption
+
+    previous = preemption.handle_signals()  # what the CLI does for the whole run
+    try:
+        out = t.fit(on_step=lambda step, m: os.kill(os.getpid(), signal.SIGTERM) if step == 2 else None)
+    finally:
+        preemption.restore_signals(previous)
+        preemption.clear()
     assert out["status"] == "preempted" and out["step"] == 2
     assert t.checkpointer.latest_step() == 2
     t.close()
@@ -138,7 +146,7 @@ def test_sigterm_saves_and_stops(tmp_path):
 
 def test_nonfinite_loss_stops_with_last_good_checkpoint(tmp_path):
     cfg = tiny_config(num_steps=6, save_every=2)
-    t = Trainer(cfg, str(tmp_path), progress=False)
+    t = Trainer.from_config(cfg, str(tmp_path), progress=False)
 
     def poison(step, metrics):
         if step == 3:
@@ -148,7 +156,7 @@ def test_nonfinite_loss_stops_with_last_good_checkpoint(tmp_path):
         t.fit(on_step=poison)
     assert t.checkpointer.latest_step() == 2
     t.close()
-    again = Trainer(cfg, str(tmp_path), progress=False)
+    again = Trainer.from_config(cfg, str(tmp_path), progress=False)
     again.maybe_restore()
     assert int(again.state.step) == 2
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(again.state.params))
@@ -158,7 +166,7 @@ def test_nonfinite_loss_stops_with_last_good_checkpoint(tmp_path):
 def test_dpo_learns_the_training_pairs(tmp_path):
     cfg = tiny_config(num_steps=30, learning_rate=3e-3)
     cfg.data.max_rows = 16
-    t = Trainer(cfg, str(tmp_path), progress=False)
+    t = Trainer.from_config(cfg, str(tmp_path), progress=False)
     before = t.evaluate(t.batcher)
     t.fit()
     after = t.evaluate(t.batcher)
@@ -171,10 +179,10 @@ def test_reference_cache_hit_and_equal_to_frozen(tmp_path):
     cfg = tiny_config(num_steps=2)
     cfg.reference.mode = "cached"
     cfg.reference.cache_dir = str(tmp_path / "cache")
-    first = Trainer(cfg, str(tmp_path / "a"), progress=False)
+    first = Trainer.from_config(cfg, str(tmp_path / "a"), progress=False)
     assert not first.ref_cache.hit
     cfg_frozen = tiny_config(num_steps=2)
-    frozen = Trainer(cfg_frozen, str(tmp_path / "b"), progress=False)
+    frozen = Trainer.from_config(cfg_frozen, str(tmp_path / "b"), progress=False)
     batch = first.batcher.make_batch(first.batcher.epoch_plan(0)[0])
     _, _, out_cached = first.step_fns.evaluate(first.state.params, None, first._to_device(batch))
     _, _, out_frozen = frozen.step_fns.evaluate(frozen.state.params, frozen.ref_params, frozen._to_device(batch))
@@ -197,11 +205,11 @@ def test_reference_cache_hit_and_equal_to_frozen(tmp_path):
         assert not np.allclose(policy[0], ref[0], rtol=1e-3)
     first.close()
     frozen.close()
-    second = Trainer(cfg, str(tmp_path / "c"), progress=False)
+    second = Trainer.from_config(cfg, str(tmp_path / "c"), progress=False)
     assert second.ref_cache.hit
     second.close()
     cfg.data.max_length = 80  # any input change gives a new key
-    third = Trainer(cfg, str(tmp_path / "d"), progress=False)
+    third = Trainer.from_config(cfg, str(tmp_path / "d"), progress=False)
     assert not third.ref_cache.hit
     third.close()
 
@@ -229,3 +237,29 @@ def test_cli_errors_are_one_line(tmp_path):
         errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and message in errors[0], (args, out.stderr[-2000:])
         assert "Traceback" not in out.stderr
+
+
+def test_7b_recipe_dtypes_move_every_master_weight(tmp_path):
+    """The 7B recipes compute in bf16 on float32 master weights: at their learning rate (5e-7) every weight moves
+    in one step. With bf16 weights updated directly most updates are below half a bf16 ulp and are lost."""
+    from jaxpref.configs_base import dpo_7b_config
+
+    recipe = dpo_7b_config(hf_dir="/unused", tokenizer_path=TOK)
+    assert (recipe.model.param_dtype, recipe.model.dtype) == ("float32", "bfloat16")
+    moved = {}
+    for param_dtype in ("float32", "bfloat16"):
+        cfg = tiny_config(num_steps=1, learning_rate=recipe.train.learning_rate)
+        cfg.model.dtype, cfg.model.param_dtype = recipe.model.dtype, param_dtype
+        t = Trainer.from_config(cfg, str(tmp_path / param_dtype), progress=False)
+        before = jax.device_get(t.state.params)
+        t.fit()
+        after = jax.device_get(t.state.params)
+        t.close()
+        # (embedding rows of tokens absent from the batch get no gradient, so Adam leaves them alone in any dtype)
+        leaves = [(a, b) for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(before),
+                                                 jax.tree_util.tree_leaves(after)) if "embed_tokens" not in str(path)]
+        assert all(a.dtype == np.dtype(param_dtype) for a, _ in leaves)
+        changed = sum(int(np.sum(np.asarray(a) != np.asarray(b))) for a, b in leaves)
+        moved[param_dtype] = changed / sum(a.size for a, _ in leaves)
+    assert moved["float32"] > 0.99, moved
+    assert moved["bfloat16"] < 0.2, moved

@@ -1,36 +1,25 @@
-"""DPO (and every loss of the DPO family): one pass of :meth:`Trainer.fit` with ``config.loss``."""
+"""DPO (and every loss of the DPO family): one training pass with ``config.loss``."""
 
 from __future__ import annotations
 
-from jaxpref.train.logging import write_results
-from jaxpref.train.trainer import Trainer
+from jaxpref.tasks import TaskInputs
+from jaxpref.train.runtime import Runtime
+from jaxpref.train.trainer import Trainer, require_done
 
 
-def run(cfg, workdir: str, *, progress: bool = True) -> dict:
-    """Train, evaluate on the eval split (if any), export the policy as a HF directory; write results.json."""
-    trainer = Trainer(cfg, workdir, progress=progress)
-    try:
-        summary = trainer.fit()
-        result = {"algorithm": "dpo", **summary, "eval": trainer.evaluate() if trainer.eval_batcher else {}}
-        result.update(trainer.maybe_export(summary))
-    finally:
-        trainer.close()
-    write_results(workdir, result)
-    return result
-
-
-def run_on_task(cfg, td, rows, workdir: str, *, progress: bool = False) -> dict:
-    """Train from the task's SFT policy on ``rows``; evaluate on held-out prompts and clean pairs."""
-    from jaxpref.eval.experiment import evaluate_policy, high_rejected_unlearning
-
-    trainer = Trainer(cfg, workdir, rows=rows, eval_rows=td.eval_rows, model_and_params=(td.model, td.sft_params),
+def train(runtime: Runtime, inputs: TaskInputs, workdir: str, *, progress: bool = True) -> dict:
+    """Train from ``inputs.params`` on ``inputs.rows``; evaluate on ``inputs.eval_rows`` (the ``eval`` metrics) and
+    with the task's ``evaluate`` callback; export the policy as a HF directory when ``config.export.hf``."""
+    trainer = Trainer(runtime, workdir, inputs.rows, params=inputs.params, eval_rows=inputs.eval_rows, label="DPO",
                       progress=progress)
     try:
-        trainer.fit(resume=False)
-        clean = trainer.evaluate()["rewards/accuracies"]
-        result = {"algorithm": cfg.algorithm, **evaluate_policy(td, trainer.state.params, clean_accuracy=clean,
-                                                                seed=cfg.seed),
-                  "unlearning_high_rejected": high_rejected_unlearning(td, trainer.state.params, rows)}
+        summary = trainer.fit()
+        require_done(summary, "DPO training")
+        result = {"algorithm": "dpo", **summary.as_dict(), "eval": trainer.evaluate(), "tokenization": trainer.data_report()}
+        if inputs.evaluate is not None:
+            result.update(inputs.evaluate(trainer.state.params, rows=inputs.rows,
+                                          clean_accuracy=result["eval"].get("rewards/accuracies")))
+        result.update(trainer.maybe_export(summary))
     finally:
         trainer.close()
     return result

@@ -35,7 +35,8 @@ filter ratio ``rho`` applies to the current pair set at each w-step. Every round
 when the flips are known) and the theta-step checkpoints in ``round_<r>/checkpoints``, so a run resumes
 mid-round (the theta-step continues from its checkpoint) or after a finished round.
 
-Config keys (``config.ropo``): ``rounds``, ``filter_ratio``, ``alpha``, ``train_loss`` / ``filter_loss``
+The algorithm is generic: :func:`train` takes the runtime and a task's inputs (rows, starting params,
+evaluation callback) and never knows which task it runs on. Config keys (``config.ropo``): ``rounds``, ``filter_ratio``, ``alpha``, ``train_loss`` / ``filter_loss``
 (``"ropo"`` or ``"dpo"``: the ablation that filters by plain DPO), ``rejection_sampling``,
 ``num_candidates``, ``include_originals``, ``temperature``, ``top_p``, ``max_new_tokens``,
 ``restart_from_initial``.
@@ -50,11 +51,13 @@ import os
 import jax
 import numpy as np
 
-from jaxpref import data as D
 from jaxpref.algorithms import sampling as Sm
+from jaxpref.eval.metrics import flag_auroc, flag_precision_recall
 from jaxpref.losses import dpo_loss, ropo_loss
-from jaxpref.train.logging import write_results
-from jaxpref.train.trainer import Trainer, build_model, host_tree, load_rows
+from jaxpref.tasks import TaskInputs
+from jaxpref.train import preemption
+from jaxpref.train.runtime import Runtime, host_tree
+from jaxpref.train.trainer import Trainer, require_done
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +76,8 @@ def ropo_weight_update(losses: np.ndarray, num_keep: int) -> np.ndarray:
 
 def ropo_pair_loss(ropo_cfg, beta: float):
     """A trainer pair loss: ROPO's robust loss (or plain DPO for the ``train_loss="dpo"`` ablation)."""
-    alpha = ropo_cfg.get("alpha", 14.0)
-    use_dpo = ropo_cfg.get("train_loss", "ropo") == "dpo"
+    alpha = ropo_cfg.alpha
+    use_dpo = ropo_cfg.train_loss == "dpo"
 
     def pair_loss(chosen, rejected, ref_chosen, ref_rejected, batch):
         if use_dpo:
@@ -105,36 +108,31 @@ def per_pair_losses(policy: tuple, reference: tuple, *, kind: str, alpha: float,
 def rejection_sample(trainer: Trainer, policy_params, rows: list[dict], *, round_index: int,
                      rcfg, beta: float, seed: int) -> list[dict]:
     """New pairs for discarded ``rows``: most vs least implicit-reward candidate among ``num_candidates``
-    policy samples (+ the originals). Prompts whose candidates all coincide get no new pair."""
-    k = int(rcfg.get("num_candidates", 4))
-    max_new = int(rcfg.get("max_new_tokens", trainer.cfg.data.max_length // 2))
-    text_rows = [r for r in rows if isinstance(r["prompt"], str)]
-    if len(text_rows) < len(rows):
-        log.warning("rejection sampling skips %d conversational prompts", len(rows) - len(text_rows))
-    if not text_rows:
-        return []
-    prompts = [r["prompt"] for r in text_rows]
-    samples = Sm.sample_responses(trainer, policy_params, prompts, k, max_new_tokens=max_new,
-                                  seed=seed * 7919 + round_index, temperature=rcfg.get("temperature", 1.0),
-                                  top_p=rcfg.get("top_p", 1.0))
+    policy samples (+ the originals). Prompts whose candidates all coincide get no new pair. Conversational
+    prompts are rendered with the chat template; sampling stops at EOS and at the next user turn."""
+    prompts = [r["prompt"] for r in rows]
+    samples = Sm.sample_responses(trainer.runtime, policy_params, prompts, rcfg.num_candidates,
+                                  max_new_tokens=rcfg.max_new_tokens, seed=seed * 7919 + round_index,
+                                  temperature=rcfg.temperature, top_p=rcfg.top_p, label=trainer.label + " · sampling")
     candidates = []
-    for row, cands in zip(text_rows, samples):
-        if rcfg.get("include_originals", True):
-            cands = cands + [row["chosen"], row["rejected"]]
-        candidates.append(list(dict.fromkeys(c for c in cands if c.strip())))
+    for row, cands in zip(rows, samples):
+        if rcfg.include_originals:
+            cands = cands + [Sm.response_as_text(row["chosen"]), Sm.response_as_text(row["rejected"])]
+        candidates.append(Sm.distinct_candidates(cands))
 
     def implicit_reward(pairs):
         pol, ref = trainer.pair_logps(policy_params, pairs, with_reference=True)  # reference: the trainer's pi_0
         return beta * (pol[0] - ref[0]), beta * (pol[1] - ref[1])
 
     new_rows = []
-    for row, cands, scored in zip(text_rows, candidates, Sm.score_candidates(trainer, prompts, candidates,
-                                                                            implicit_reward)):
+    for row, cands, scored in zip(rows, candidates, Sm.score_candidates(trainer.runtime, prompts, candidates,
+                                                                       implicit_reward)):
         bw = Sm.best_and_worst(scored)
         if bw is None or cands[bw[0]] == cands[bw[1]]:
             continue
-        new_rows.append({"id": f"{row['id']}/rs{round_index}", "prompt": row["prompt"], "chosen": cands[bw[0]],
-                         "rejected": cands[bw[1]], "resampled_from": row["id"]})
+        new_rows.append({"id": f"{row['id']}/rs{round_index}", "prompt": row["prompt"],
+                         "chosen": Sm.as_response(row["prompt"], cands[bw[0]]),
+                         "rejected": Sm.as_response(row["prompt"], cands[bw[1]]), "resampled_from": row["id"]})
     return new_rows
 
 
@@ -155,62 +153,67 @@ def _flag_metrics(rows: list[dict], discarded_ids: set[str]) -> dict:
     known = [r for r in rows if "flipped" in r]
     if not known:
         return {}
-    from jaxpref.eval.metrics import flag_precision_recall
-
     flipped = {r["id"] for r in known if r["flipped"]}
     return flag_precision_recall(discarded_ids & {r["id"] for r in known}, flipped)
 
 
-def run_rounds(cfg, workdir: str, rows: D.PreferenceDataset, *, model_and_params, eval_rows=None,
-               progress: bool = True) -> dict:
-    """The ROPO loop over ``rows`` from ``model_and_params`` (pi_0, also the reference). Returns a summary with
-    per-round records, the final trainer's params (host) and the final eval metrics."""
-    rcfg = cfg.ropo
-    beta = cfg.loss.beta
-    alpha = rcfg.get("alpha", 14.0)
-    rounds = int(rcfg.get("rounds", 2))
-    model, params0 = model_and_params
-    current = [dict(r) for r in rows]
-    original_rows = [dict(r) for r in rows]
+def _write_json(path: str, obj) -> None:
+    if jax.process_index() == 0:
+        with open(path + ".tmp", "w") as f:
+            json.dump(obj, f, default=float)
+        os.replace(path + ".tmp", path)
+
+
+def train(runtime: Runtime, inputs: TaskInputs, workdir: str, *, progress: bool = True) -> dict:
+    """The ROPO loop over ``inputs.rows`` from ``inputs.params`` (pi_0, also the reference); per-round records,
+    final evaluation (``eval`` split and the task's ``evaluate``), flag metrics when the flips are known, HF export."""
+    cfg = runtime.cfg
+    rcfg, beta, rounds = cfg.ropo, cfg.loss.beta, cfg.ropo.rounds
+    params0 = inputs.params
+    current = [dict(r) for r in inputs.rows]
+    original_rows = [dict(r) for r in inputs.rows]
     start_params = params0
     records = []
     trainer = None
 
-    def theta_trainer(round_dir, train_rows):
-        return Trainer(cfg, round_dir, rows=D.PreferenceDataset(train_rows), eval_rows=eval_rows,
-                       model_and_params=(model, start_params), reference_params=params0,
-                       pair_loss=ropo_pair_loss(rcfg, beta), progress=progress)
+    def theta_trainer(r, train_rows):
+        return Trainer(runtime, os.path.join(workdir, f"round_{r}"), train_rows, params=start_params,
+                       reference_params=params0, pair_loss=ropo_pair_loss(rcfg, beta), eval_rows=inputs.eval_rows,
+                       label=f"ROPO round {r + 1}/{rounds} · θ-step", progress=progress)
 
     for r in range(rounds):
-        round_dir = os.path.join(workdir, f"round_{r}")
-        record_path = os.path.join(round_dir, "round.json")
+        record_path = os.path.join(workdir, f"round_{r}", "round.json")
         if os.path.exists(record_path) and r < rounds - 1:
             with open(record_path) as f:
                 record = json.load(f)
             records.append(record)
             current = record["next_rows"]
-            trainer = theta_trainer(round_dir, record["train_rows"])
-            trainer.maybe_restore()
-            start_params = params0 if rcfg.get("restart_from_initial", False) else host_tree(trainer.state.params)
-            trainer.close()
+            if not rcfg.restart_from_initial:  # the next round starts from this round's final policy
+                trainer = theta_trainer(r, record["train_rows"])
+                trainer.maybe_restore()
+                start_params = host_tree(trainer.state.params)
+                trainer.close()
             continue
-        trainer = theta_trainer(round_dir, current)
-        trainer.fit()
+        trainer = theta_trainer(r, current)
+        require_done(trainer.fit(), f"ROPO round {r + 1} θ-step")
         if r == rounds - 1:
             break
         # w-step over the pairs that survived tokenization (the trainer's pairs)
         pairs = trainer.pairs
         pol, ref = trainer.pair_logps(trainer.state.params, pairs, with_reference=True)  # reference: pi_0
-        losses = per_pair_losses(pol, ref, kind=rcfg.get("filter_loss", "ropo"), alpha=alpha, beta=beta)
+        losses = per_pair_losses(pol, ref, kind=rcfg.filter_loss, alpha=rcfg.alpha, beta=beta)
         num_keep = int(round((1.0 - rcfg.filter_ratio) * len(pairs)))
         weights = ropo_weight_update(losses, num_keep)
         by_id = {row["id"]: row for row in current}
         kept = [by_id[p.id] for p, w in zip(pairs, weights) if w > 0]
         discarded = [by_id[p.id] for p, w in zip(pairs, weights) if w == 0]
+        preemption.raise_if_requested(f"after the ROPO round {r + 1} w-step")
         new_rows = []
-        if rcfg.get("rejection_sampling", True) and discarded:
+        if rcfg.rejection_sampling and discarded:
             new_rows = rejection_sample(trainer, trainer.state.params, discarded, round_index=r, rcfg=rcfg,
-                                        beta=beta, seed=cfg.get("seed", 0))
+                                        beta=beta, seed=cfg.seed)
+            preemption.raise_if_requested(f"after the ROPO round {r + 1} rejection sampling")
+        flips = [bool(by_id[p.id].get("flipped")) for p in pairs] if all("flipped" in by_id[p.id] for p in pairs) else None
         record = {
             "round": r,
             "num_pairs": len(pairs),
@@ -221,53 +224,31 @@ def run_rounds(cfg, workdir: str, rows: D.PreferenceDataset, *, model_and_params
             "discarded_ids": [row["id"] for row in discarded],
             "new_ids": [row["id"] for row in new_rows],
             **_flag_metrics(current, {row["id"] for row in discarded}),
+            **({"flag_auroc": flag_auroc(losses, flips)} if flips is not None else {}),
             "train_rows": current,
             "next_rows": kept + new_rows,
             "train_metrics": _pair_metrics(pol, ref, beta, per_pair_losses(
-                pol, ref, kind=rcfg.get("train_loss", "ropo"), alpha=alpha, beta=beta)),
+                pol, ref, kind=rcfg.train_loss, alpha=rcfg.alpha, beta=beta)),
         }
-        if jax.process_index() == 0:
-            with open(record_path + ".tmp", "w") as f:
-                json.dump(record, f, default=float)
-            os.replace(record_path + ".tmp", record_path)
+        _write_json(record_path, record)
         records.append(record)
         current = kept + new_rows
-        start_params = params0 if rcfg.get("restart_from_initial", False) else host_tree(trainer.state.params)
+        start_params = params0 if rcfg.restart_from_initial else host_tree(trainer.state.params)
         trainer.close()
     all_discarded = {i for rec in records for i in rec["discarded_ids"]}
-    summary = {
-        "rounds": [{k: v for k, v in rec.items() if k not in ("train_rows", "next_rows", "losses", "weights", "ids")}
-                   for rec in records],
-        **_flag_metrics(original_rows, all_discarded),
-        "eval": trainer.evaluate() if trainer.eval_batcher is not None else {},
-        "final_num_pairs": len(current),
-    }
-    return summary, trainer
-
-
-def run(cfg, workdir: str, *, progress: bool = True) -> dict:
-    """``python -m jaxpref.main`` entry on real data: the ROPO loop, final evaluation, HF export, results.json."""
-    rows, eval_rows = load_rows(cfg)
-    summary, trainer = run_rounds(cfg, workdir, rows, model_and_params=build_model(cfg), eval_rows=eval_rows,
-                                  progress=progress)
-    result = {"algorithm": "ropo", "status": "done", **summary}
-    if cfg.get("export", {}).get("hf", True):
-        result["hf_export"] = trainer.export_hf(os.path.join(workdir, "hf_export"))
-    trainer.close()
-    write_results(workdir, result)
-    return result
-
-
-def run_on_task(cfg, td, rows, workdir: str, *, progress: bool = False) -> dict:
-    """ROPO on the gold-reward task from the task's SFT policy; evaluation as for DPO plus flag metrics."""
-    from jaxpref.eval.experiment import evaluate_policy
-
-    summary, trainer = run_rounds(cfg, workdir, rows, model_and_params=(td.model, td.sft_params),
-                                  eval_rows=td.eval_rows, progress=progress)
     try:
-        clean = summary["eval"].get("rewards/accuracies")
-        result = {"algorithm": "ropo", **evaluate_policy(td, trainer.state.params, clean_accuracy=clean, seed=cfg.seed),
-                  **{k: v for k, v in summary.items() if k != "eval"}}
+        result = {
+            "algorithm": "ropo", "status": "done", "step": int(jax.device_get(trainer.state.step)),
+            "rounds": [{k: v for k, v in rec.items() if k not in ("train_rows", "next_rows", "losses", "weights", "ids")}
+                       for rec in records],
+            **_flag_metrics(original_rows, all_discarded),
+            "eval": trainer.evaluate(),
+            "final_num_pairs": len(current),
+        }
+        if inputs.evaluate is not None:
+            result.update(inputs.evaluate(trainer.state.params, rows=inputs.rows,
+                                          clean_accuracy=result["eval"].get("rewards/accuracies")))
+        result.update(trainer.maybe_export({"status": "done"}))
     finally:
         trainer.close()
     return result

@@ -16,7 +16,7 @@ batch's longest response (``L - 1`` when packing).
 
 Sequence ``2i`` is pair ``i``'s chosen response, ``2i + 1`` its rejected one; ``sequence_ids`` says
 which sequence each token belongs to (``2P`` on padding), so per-sequence log-probs are one
-``segment_sum`` whether or not rows are packed (:func:`jaxpref.data.sequence_sums`). ``loss_mask``
+``segment_sum`` whether or not rows are packed (:func:`jaxpref.logprobs.sequence_sums`). ``loss_mask``
 marks the response tokens (the tokens whose log-probs are scored; the logit at ``t - 1`` scores token
 ``t``). ``positions`` restart at 0 in every sequence; ``segment_ids`` (1, 2, ... within a row, 0 on
 padding) keep packed sequences from attending to each other.
@@ -283,13 +283,3 @@ class PairBatcher:
             real += int(b["attention_mask"].sum())
             padded += b["attention_mask"].size
         return real / max(padded, 1)
-
-
-def sequence_sums(values, mask, sequence_ids, num_pairs: int):
-    """Sum ``values * mask`` ``[R, L]`` per sequence -> ``(chosen [P], rejected [P])`` (jax or numpy arrays)."""
-    import jax
-
-    flat = (values * mask).reshape(-1)
-    sums = jax.ops.segment_sum(flat, sequence_ids.reshape(-1), num_segments=2 * num_pairs + 1)[: 2 * num_pairs]
-    sums = sums.reshape(num_pairs, 2)
-    return sums[:, 0], sums[:, 1]

@@ -148,3 +148,19 @@ def _report(source: str, n_in: int, n_out: int):
     from jaxpref.data.formats import LoadReport
 
     return LoadReport(source=f"reward_augment({source})", rows_read=n_in, rows_kept=n_out)
+
+
+def rank_to_scale(values, scale: tuple[float, float]) -> np.ndarray:
+    """Map values onto integer scores of ``scale`` by rank: the lowest gets ``min``, the highest ``max``, equal
+    values equal scores (average rank), rounded to integers."""
+    v = np.asarray(values, np.float64)
+    if v.size < 2:
+        return np.full(v.shape, scale[1])
+    order = v.argsort(kind="stable")
+    ranks = np.empty(v.size)
+    ranks[order] = np.arange(v.size)
+    for value in np.unique(v):  # ties share their mean rank
+        same = v == value
+        ranks[same] = ranks[same].mean()
+    lo, hi = scale
+    return np.floor(lo + (hi - lo) * ranks / (v.size - 1) + 0.5)

@@ -13,6 +13,16 @@ Truncation:
 * ``max_length``: prompt + response longer than this keeps its start (TRL 1.16's ``keep_start``), i.e.
   the response's end (and its EOS) is cut. A pair whose prompt leaves no room for a response token is
   invalid (TRL drops such rows): a :class:`DataError`, or a counted skip with ``skip_invalid``.
+* A pair whose two responses are the same tokens after truncation (long responses that differ only after the
+  cut) carries no preference: a :class:`DataError` naming the row and the fix (raise ``max_length``), or a
+  counted skip with ``skip_invalid``.
+
+Conversational rows are rendered with the tokenizer's chat template (``load_tokenizer(..., chat_template=)``
+overrides it). A conversation the template rejects (e.g. roles that do not alternate) is a
+:class:`ChatTemplateError` naming the row and the template's message, or a counted skip with ``skip_invalid``.
+
+:func:`tokenize_dataset` returns a list (:class:`TokenizedPairs`) whose ``.report`` (:class:`TokenizeReport`)
+counts the rows kept, the rows skipped by reason and the truncations; ``report.to_dict()`` is JSON-ready.
 """
 
 from __future__ import annotations
@@ -24,11 +34,29 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from jaxpref.data.formats import DataError, PreferenceDataset
+from jaxpref.data.formats import SKIP_HINT, DataError, PreferenceDataset
+from jaxpref.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 TRUNCATION_MODES = ("keep_end", "keep_start")
+
+
+class RowTokenizeError(DataError):
+    """One row cannot be tokenized under the options (no room for a response, identical after truncation, ...).
+
+    ``reason`` names the problem without the row (``str(e)``), ``key`` the same without per-row numbers (for
+    counting), ``fix`` what would make the row usable. :func:`tokenize_dataset` adds the row id, or skips the row
+    with ``skip_invalid``.
+    """
+
+    def __init__(self, reason: str, *, key: str | None = None, fix: str = ""):
+        super().__init__(reason)
+        self.key, self.fix = key or reason, fix
+
+
+class ChatTemplateError(RowTokenizeError):
+    """The tokenizer's chat template rejected a conversation (the template's own message is kept)."""
 
 
 class Tokenizer(Protocol):
@@ -72,16 +100,33 @@ class SentencePieceTokenizer:
                         "for conversational data.")
 
 
-class HFTokenizer:
-    """A tokenizer from a local Hugging Face directory (``AutoTokenizer.from_pretrained``)."""
+def read_chat_template(template: str) -> str:
+    """A chat template given as a path to a ``.jinja`` (any text) file, or as the Jinja text itself."""
+    if os.path.isfile(template):
+        with open(template, encoding="utf-8") as f:
+            return f.read()
+    if "{%" in template or "{{" in template:
+        return template
+    raise ConfigError(f"chat_template {template!r} is neither an existing file nor a Jinja template "
+                      "(a template contains '{%' or '{{').")
 
-    def __init__(self, directory: str):
+
+class HFTokenizer:
+    """A tokenizer from a local Hugging Face directory (``AutoTokenizer.from_pretrained``).
+
+    ``chat_template`` (Jinja text or a path to a ``.jinja`` file) replaces the directory's chat template; a
+    template that does not compile is a :class:`ConfigError`.
+    """
+
+    def __init__(self, directory: str, chat_template: str | None = None):
         import transformers
 
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"Tokenizer directory {directory!r} does not exist.")
         self.path = directory
         self.tok = transformers.AutoTokenizer.from_pretrained(directory)
+        if chat_template is not None:
+            self._set_chat_template(chat_template)
         self.bos_id = self.tok.bos_token_id
         self.eos_id = self.tok.eos_token_id
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.eos_id
@@ -93,10 +138,36 @@ class HFTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tok.decode([int(i) for i in ids])
 
+    def _set_chat_template(self, chat_template: str) -> None:
+        import jinja2
+
+        self.tok.chat_template = read_chat_template(chat_template)
+        try:  # compile it now (transformers compiles on first use); a probe conversation's own errors are fine
+            self.tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                         add_generation_prompt=True)
+        except jinja2.TemplateSyntaxError as e:
+            raise ConfigError(f"chat_template {chat_template[:80]!r}: not a valid Jinja template (line {e.lineno}: "
+                              f"{e.message}).") from None
+        except Exception:  # noqa: BLE001 -- the template may legitimately reject a bare user turn
+            pass
+
     def render_chat(self, messages, add_generation_prompt: bool) -> str:
+        """The conversation as text through the chat template.
+
+        Raises:
+          DataError: the tokenizer has no chat template (every conversational row needs one).
+          ChatTemplateError: the template rejected this conversation (any exception it raised, e.g. jinja2's
+            ``TemplateError`` from ``raise_exception``), with the template's message.
+        """
         if not getattr(self.tok, "chat_template", None):
-            raise DataError(f"{self.path}: tokenizer has no chat template; conversational data needs one.")
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+            raise DataError(f"{self.path}: tokenizer has no chat template; conversational data needs one (pass "
+                            "chat_template= to load_tokenizer).")
+        try:
+            return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        except Exception as e:  # noqa: BLE001 -- templates raise whatever their authors chose
+            msg = (str(e).splitlines() or [""])[0]
+            raise ChatTemplateError(f"the chat template rejects the conversation ({type(e).__name__}: {msg})",
+                                    fix="fix the row's roles/messages or use another chat_template") from None
 
 
 class IntTokenizer:
@@ -162,8 +233,11 @@ def sentencepiece_hf_dir(model_path: str, cache_dir: str | None = None) -> str:
     return out
 
 
-def load_tokenizer(path: str) -> Tokenizer:
+def load_tokenizer(path: str, chat_template: str | None = None) -> Tokenizer:
     """A tokenizer from a name or path.
+
+    ``chat_template``: Jinja text, or a path to a ``.jinja`` file, replacing the chat template of a HF tokenizer
+    (directory or ``"mistral"``); the other kinds have no chat template (:class:`ConfigError`).
 
     * ``"mistral"`` / ``"mistral:v3"``: the real Mistral SentencePiece model shipped by ``mistral-common``,
       wrapped as a HF ``LlamaTokenizer`` (so ids equal what transformers/TRL produce; see below);
@@ -173,13 +247,14 @@ def load_tokenizer(path: str) -> Tokenizer:
       model split runs of spaces differently (``"!  All"`` -> ``['!', '▁', '▁All']`` vs ``['!', '▁▁', 'All']``);
       60% of the HH sequences contain such runs. Use the HF form to match HF-trained checkpoints.
     """
-    if path.startswith("int:"):
-        return IntTokenizer(int(path[4:]))
     if path.startswith("mistral") and not os.path.exists(path):
-        return HFTokenizer(sentencepiece_hf_dir(mistral_tokenizer_path(path.partition(":")[2] or "v1")))
-    if path.endswith(".model") or os.path.isfile(path):
-        return SentencePieceTokenizer(path)
-    return HFTokenizer(path)
+        return HFTokenizer(sentencepiece_hf_dir(mistral_tokenizer_path(path.partition(":")[2] or "v1")), chat_template)
+    if path.startswith("int:") or path.endswith(".model") or os.path.isfile(path):
+        if chat_template is not None:
+            raise ConfigError(f"chat_template applies to Hugging Face tokenizers; {path!r} is not one (use a HF "
+                              "tokenizer directory for conversational data).")
+        return IntTokenizer(int(path[4:])) if path.startswith("int:") else SentencePieceTokenizer(path)
+    return HFTokenizer(path, chat_template)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,15 +297,53 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-class _Skip(Exception):
-    pass
+@dataclasses.dataclass
+class TokenizeReport:
+    """What :func:`tokenize_dataset` did.
+
+    ``rows_in`` rows went in, ``rows_kept`` pairs came out; ``skipped`` rows were dropped (``skip_invalid``),
+    counted by reason (without per-row numbers) in ``reasons``, the first few as ``(row id, reason)`` in
+    ``first_skipped``. ``prompts_truncated`` / ``responses_truncated`` count kept pairs whose prompt / at least
+    one response was cut by ``max_prompt_length`` / ``max_length``.
+    """
+
+    rows_in: int = 0
+    rows_kept: int = 0
+    skipped: int = 0
+    reasons: dict[str, int] = dataclasses.field(default_factory=dict)
+    first_skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    prompts_truncated: int = 0
+    responses_truncated: int = 0
+
+    def summary(self) -> str:
+        s = (f"tokenized {self.rows_kept} of {self.rows_in} rows ({self.prompts_truncated} prompts and "
+             f"{self.responses_truncated} responses truncated)")
+        if self.skipped:
+            first = ", ".join(f"{rid} ({reason})" for rid, reason in self.first_skipped)
+            s += f"; skipped {self.skipped} ({dict(sorted(self.reasons.items()))}); first: {first}"
+        return s
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["first_skipped"] = [list(x) for x in self.first_skipped]
+        return d
 
 
-def tokenize_pair(row: dict, tokenizer: Tokenizer, options: TokenizeOptions) -> tuple[list[int], list[int], list[int]]:
-    """``(prompt_ids, chosen_ids, rejected_ids)`` for one row, BOS/EOS and truncation applied."""
+class TokenizedPairs(list):
+    """The list of :class:`TokenizedPair` from :func:`tokenize_dataset`, with its :class:`TokenizeReport` as
+    ``.report`` (a plain list in every other respect)."""
+
+    def __init__(self, pairs=(), report: TokenizeReport | None = None):
+        super().__init__(pairs)
+        self.report = report or TokenizeReport(rows_in=len(self), rows_kept=len(self))
+
+
+def _tokenize(row: dict, tokenizer: Tokenizer, options: TokenizeOptions):
+    """``(prompt_ids, chosen_ids, rejected_ids, prompt_truncated, response_truncated)``; see :func:`tokenize_pair`."""
     if isinstance(row["prompt"], list):  # conversational: render with the chat template
         prompt_text = tokenizer.render_chat(row["prompt"], add_generation_prompt=True)
-        full = [tokenizer.render_chat(row["prompt"] + row[k], add_generation_prompt=False) for k in ("chosen", "rejected")]
+        full = [tokenizer.render_chat(row["prompt"] + row[k], add_generation_prompt=False)
+                for k in ("chosen", "rejected")]
     else:
         prompt_text = row["prompt"]
         full = [row["prompt"] + row["chosen"], row["prompt"] + row["rejected"]]
@@ -246,19 +359,41 @@ def tokenize_pair(row: dict, tokenizer: Tokenizer, options: TokenizeOptions) -> 
     bos = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
 
     limit = options.max_prompt_length
-    if limit is not None and len(bos) + len(prompt) > limit:
+    prompt_truncated = limit is not None and len(bos) + len(prompt) > limit
+    if prompt_truncated:
         keep = limit - len(bos)
         prompt = prompt[-keep:] if options.prompt_truncation == "keep_end" and keep > 0 else prompt[:max(keep, 0)]
     prompt = bos + prompt
+    response_truncated = False
     if options.max_length is not None:
         room = options.max_length - len(prompt)
         if room < 1:
-            raise _Skip(f"prompt of {len(prompt)} tokens leaves no room for a response within max_length "
-                        f"{options.max_length}")
+            raise RowTokenizeError(
+                f"prompt of {len(prompt)} tokens leaves no room for a response within max_length {options.max_length}",
+                key=f"prompt leaves no room for a response within max_length {options.max_length}",
+                fix="raise max_length or lower max_prompt_length")
+        response_truncated = any(len(r) > room for r in responses)
         responses = [r[:room] for r in responses]
     if not responses[0] or not responses[1]:
-        raise _Skip("a response has no tokens after tokenization")
-    return prompt, responses[0], responses[1]
+        raise RowTokenizeError("a response has no tokens after tokenization", fix="check the row's responses")
+    if responses[0] == responses[1]:
+        if response_truncated:
+            raise RowTokenizeError(f"chosen and rejected are identical after truncation to {options.max_length} tokens",
+                                   fix="raise max_length so that their difference fits")
+        raise RowTokenizeError("chosen and rejected tokenize to the same ids", fix="check the row's responses")
+    return prompt, responses[0], responses[1], prompt_truncated, response_truncated
+
+
+def tokenize_pair(row: dict, tokenizer: Tokenizer, options: TokenizeOptions) -> tuple[list[int], list[int], list[int]]:
+    """``(prompt_ids, chosen_ids, rejected_ids)`` for one row, BOS/EOS and truncation applied.
+
+    Raises:
+      RowTokenizeError: the row cannot be used under ``options`` (no room for a response, the responses identical
+        after truncation, no response tokens) or its conversation is rejected by the chat template
+        (:class:`ChatTemplateError`).
+      DataError: the tokenizer cannot render conversations at all (no chat template).
+    """
+    return _tokenize(row, tokenizer, options)[:3]
 
 
 def tokenize_dataset(
@@ -268,25 +403,36 @@ def tokenize_dataset(
     *,
     skip_invalid: bool = False,
     progress: bool = True,
-) -> list[TokenizedPair]:
-    """Tokenize every row; rows that cannot fit raise :class:`DataError` (or are counted and skipped)."""
+) -> TokenizedPairs:
+    """Tokenize every row (see :func:`tokenize_pair`).
+
+    A row that cannot be used raises :class:`DataError` naming the row id, the reason and the fix, or with
+    ``skip_invalid`` is skipped and counted. The result is a list of :class:`TokenizedPair` whose ``.report``
+    (:class:`TokenizeReport`) has the counts, for logs and ``results.json``.
+    """
     from tqdm.auto import tqdm
 
-    out: list[TokenizedPair] = []
-    skipped: list[tuple[str, str]] = []
+    out = TokenizedPairs(report=TokenizeReport())
+    report = out.report
     for i, row in enumerate(tqdm(dataset, desc="tokenizing", disable=not progress, leave=False)):
+        report.rows_in += 1
         try:
-            p, c, r = tokenize_pair(row, tokenizer, options)
-        except _Skip as e:
+            p, c, r, p_cut, r_cut = _tokenize(row, tokenizer, options)
+        except RowTokenizeError as e:
             if not skip_invalid:
-                raise DataError(f"row {row['id']}: {e}. Raise max_length/lower max_prompt_length, or pass "
-                                "skip_invalid=True.") from None
-            skipped.append((row["id"], str(e)))
+                raise DataError(f"row {row['id']}: {e}. To fix: {e.fix}, or skip such rows with {SKIP_HINT}.") from None
+            report.skipped += 1
+            report.reasons[e.key] = report.reasons.get(e.key, 0) + 1
+            if len(report.first_skipped) < 5:
+                report.first_skipped.append((row["id"], str(e)))
             continue
+        report.prompts_truncated += int(p_cut)
+        report.responses_truncated += int(r_cut)
         out.append(TokenizedPair(i, row["id"], np.asarray(p, np.int32), np.asarray(c, np.int32),
                                  np.asarray(r, np.int32), float(row.get("weight", 1.0)), int(row.get("group", 0))))
-    if skipped:
-        log.warning("tokenization skipped %d rows (first: %s)", len(skipped), skipped[:3])
+    report.rows_kept = len(out)
+    if report.skipped:
+        log.warning(report.summary())
     if not out:
-        raise DataError("no row survived tokenization.")
+        raise DataError(f"no row survived tokenization ({report.summary()}).")
     return out

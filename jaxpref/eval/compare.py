@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxpref.eval import experiment as E
 from jaxpref.eval import metrics as Me
+from jaxpref.tasks.gold import build_task_data
 
 DEFAULT_METRICS = ("gold_reward", "win_rate", "clean_accuracy", "kl")
 
@@ -65,7 +66,7 @@ def run_comparison(variants: dict, flip_rates, seeds, out_dir: str, *, progress:
                         r = json.load(f)
                 else:
                     if td is None:
-                        td = E.build_task_data(any_cfg, seed, progress=progress)
+                        td = build_task_data(any_cfg, seed, progress=progress)
                     r = E.run_one(cfg, td, rate, seed, workdir, progress=progress)
                 r["variant"] = name
                 runs[name].append(r)

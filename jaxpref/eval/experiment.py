@@ -3,9 +3,9 @@
     python -m jaxpref.eval.experiment --config=configs/dpo_synthetic.py \
         --flip_rates=0,0.2,0.4 --seeds=0,1,2 --out=results/dpo_noise
 
-Per seed the SFT policy and its sampled pairs are built once (:func:`build_preference_data`) and shared
-by every flip rate; per (flip rate, seed) the pairs get flipped, the algorithm of ``config.algorithm``
-trains from the SFT policy, and :func:`evaluate_policy` scores the result. ``results.json`` holds every
+Per seed the SFT policy and its sampled pairs are built once (:func:`jaxpref.tasks.gold.build_task_data`)
+and shared by every flip rate; per (flip rate, seed) :func:`jaxpref.pipeline.run` flips the pairs, trains
+``config.algorithm`` from the SFT policy and scores the result with the task's evaluation. ``results.json`` holds every
 run and, per flip rate, the mean and std over seeds of each metric; ``plot.png`` shows gold reward and
 clean accuracy against the flip rate with std error bars.
 """
@@ -19,74 +19,26 @@ import time
 
 import numpy as np
 
-from jaxpref import data as D
 from jaxpref.eval import metrics as Me
-from jaxpref.eval import synthetic as S
+from jaxpref.tasks.gold import build_task_data
 from jaxpref.train.logging import write_results
 
 SCALARS = ("gold_reward", "gold_reward_greedy", "win_rate", "clean_accuracy", "kl")
 
 
-def task_from_config(cfg) -> S.GoldTask:
-    t = cfg.task
-    return S.GoldTask(vocab_size=t.vocab_size, prompt_length=t.prompt_length, length_penalty=t.length_penalty,
-                      goal_tokens=t.get("goal_tokens", 0))
+def run_one(cfg, td, flip_rate: float, seed: int, workdir: str, progress: bool = False) -> dict:
+    """One run of ``cfg.algorithm`` on the gold-reward task at ``flip_rate`` and ``seed`` from prebuilt task data
+    ``td``, through :func:`jaxpref.pipeline.run` (the path ``python -m jaxpref.main`` takes)."""
+    from jaxpref.pipeline import run
 
-
-def build_task_data(cfg, seed: int, progress: bool = False) -> S.TaskData:
-    t = cfg.task
-    return S.build_preference_data(
-        task_from_config(cfg), seed=seed, num_pair_prompts=t.num_pair_prompts, num_eval_prompts=t.num_eval_prompts,
-        num_sft_prompts=t.num_sft_prompts, samples_per_prompt=t.samples_per_prompt, sft_steps=t.sft_steps,
-        labeling=t.labeling, selection=t.selection, hidden=t.hidden, layers=t.layers, progress=progress)
-
-
-def evaluate_policy(td: S.TaskData, params, *, clean_accuracy: float | None = None, seed: int = 0,
-                    prefix=()) -> dict:
-    """Gold reward (temperature 1 and greedy), win rate vs the SFT policy, KL to it, on held-out prompts
-    (the policy's prompts preceded by ``prefix``, e.g. a goal token; the SFT policy's never are)."""
-    ev = Me.sampled_gold_reward(td.task, td.model, params, td.eval_prompts, seed=seed + 2, prefix=prefix)
-    out = {
-        "gold_reward": ev["gold_reward_sampled"],
-        "gold_reward_greedy": ev["gold_reward_greedy"],
-        "win_rate": Me.win_rate(ev["rewards_sampled"], td.sft_eval["rewards_sampled"]),
-        "kl": Me.sampled_kl(td.task, td.model, params, td.sft_params, td.eval_prompts, seed=seed + 3, prefix=prefix),
-        "sft_gold_reward": td.sft_eval["gold_reward_sampled"],
-        "sft_gold_reward_greedy": td.sft_eval["gold_reward_greedy"],
-    }
-    if clean_accuracy is not None:
-        out["clean_accuracy"] = clean_accuracy
-    return out
-
-
-def high_rejected_unlearning(td: S.TaskData, params, rows, *, quantile: float = 0.75, prefix=()) -> float:
-    """Mean ``log pi(y_l|x) - log pi_sft(y_l|x)`` over the training ``rows`` whose rejected response has a gold
-    reward (``score_rejected``) at or above the ``quantile`` of rejected rewards: how much good-but-rejected
-    responses were unlearned (more negative = more). ``prefix`` (a goal token) conditions the policy only."""
-    gold = np.array([float(r["score_rejected"]) for r in rows])
-    high = [r for r, g in zip(rows, gold) if g >= np.quantile(gold, quantile)]
-    prompts = [[int(t) for t in r["prompt"].split()] for r in high]
-    responses = [[int(t) for t in r["rejected"].split()] + [S.EOS] for r in high]
-    pol = Me.sequence_logps_of(td.model, params, [[S.BOS] + list(prefix) + p for p in prompts], responses)
-    ref = Me.sequence_logps_of(td.model, td.sft_params, [[S.BOS] + p for p in prompts], responses)
-    return float(np.mean(pol - ref))
-
-
-def run_one(cfg, td: S.TaskData, flip_rate: float, seed: int, workdir: str, progress: bool = False) -> dict:
-    """Flip, train with ``cfg.algorithm`` from the SFT policy, evaluate; writes ``workdir/results.json``."""
-    from jaxpref.algorithms import synthetic_runner
-
-    noisy, flipped = D.flip_labels(td.train_rows, flip_rate, seed=seed)
-    t0 = time.time()
-    result = synthetic_runner(cfg.algorithm)(cfg, td, noisy, workdir, progress=progress)
-    result.update(flip_rate=flip_rate, seed=seed, num_pairs=len(noisy), num_flipped=int(flipped.sum()),
-                  train_seconds=time.time() - t0)
-    write_results(workdir, result)
-    return result
+    cfg = cfg.copy_and_resolve_references()
+    cfg.seed, cfg.data.flip_rate = seed, flip_rate
+    cfg.task.name = "gold"
+    return run(cfg, workdir, task_data=td, progress=progress)
 
 
 def aggregate(runs: list[dict]) -> dict:
-    """Per flip rate: mean and std over seeds of every scalar metric present."""
+    """Per flip rate: mean and sample std over seeds of every scalar metric present."""
     out = {}
     for rate in sorted({r["flip_rate"] for r in runs}):
         group = [r for r in runs if r["flip_rate"] == rate]

@@ -1,11 +1,9 @@
-"""Evaluation metrics for preference-trained policies.
+"""Generic evaluation metrics (task-specific ones live with their task, e.g. :mod:`jaxpref.tasks.synthetic`).
 
-* :func:`sampled_gold_reward`: mean gold reward of greedy and temperature-1 samples on held-out prompts.
 * :func:`win_rate`: fraction of prompts where the policy's sample beats the reference's (ties count 1/2).
-* :func:`sampled_kl`: ``E_{y ~ pi}[log pi(y|x) - log pi_ref(y|x)]`` from temperature-1 samples -- an
-  unbiased estimate of ``KL(pi || pi_ref)``, so reward gains bought with collapse show up.
-* :func:`flag_precision_recall`: how well a filter's flagged pairs match the recorded label flips.
-* :func:`mean_std`: aggregate a metric over seeds.
+* :func:`response_logprobs`: summed log-probs of given responses under a model (one teacher-forced pass).
+* :func:`flag_precision_recall` / :func:`flag_auroc`: how well a filter's flags match recorded label flips.
+* :func:`mean_std`: aggregate a metric over seeds (sample standard deviation).
 """
 
 from __future__ import annotations
@@ -18,20 +16,6 @@ import numpy as np
 from jaxpref.logprobs import sequence_logprobs, token_logprobs
 
 
-def sampled_gold_reward(task, model, params, prompts: np.ndarray, *, seed: int = 0, temperature: float = 1.0,
-                        prefix=()) -> dict:
-    """``{"gold_reward_greedy", "gold_reward_sampled", "rewards_sampled"}`` on ``prompts`` (each preceded by
-    ``prefix`` tokens, e.g. a goal token, which the gold reward does not see)."""
-    from jaxpref.eval.synthetic import sample
-
-    greedy = sample(task, model, params, prompts, greedy=True, seed=seed, prefix=prefix)
-    sampled = sample(task, model, params, prompts, temperature=temperature, seed=seed, prefix=prefix)
-    r_greedy = [task.gold_reward(p, s[0]) for p, s in zip(prompts, greedy)]
-    r_sampled = [task.gold_reward(p, s[0]) for p, s in zip(prompts, sampled)]
-    return {"gold_reward_greedy": float(np.mean(r_greedy)), "gold_reward_sampled": float(np.mean(r_sampled)),
-            "rewards_sampled": r_sampled, "rewards_greedy": r_greedy}
-
-
 def win_rate(policy_rewards: Sequence[float], reference_rewards: Sequence[float]) -> float:
     """``mean(1[r_pi > r_ref] + 0.5 * 1[r_pi == r_ref])`` over paired prompts."""
     a, b = np.asarray(policy_rewards, float), np.asarray(reference_rewards, float)
@@ -40,9 +24,10 @@ def win_rate(policy_rewards: Sequence[float], reference_rewards: Sequence[float]
     return float(np.mean((a > b) + 0.5 * (a == b)))
 
 
-def sequence_logps_of(model, params, prompts_with_bos: Sequence[Sequence[int]],
+def response_logprobs(model, params, prompts_with_bos: Sequence[Sequence[int]],
                       responses: Sequence[Sequence[int]]) -> np.ndarray:
-    """Summed log-probs of each response (exactly its tokens) given its prompt, one teacher-forced pass."""
+    """Summed log-probs ``[N]`` of each response (exactly its tokens) given its prompt, one teacher-forced pass
+    (:func:`jaxpref.logprobs.sequence_logprobs` over the response positions)."""
     seqs = [list(p) + list(r) for p, r in zip(prompts_with_bos, responses)]
     width = max(len(s) for s in seqs)
     ids = np.zeros((len(seqs), width), np.int32)
@@ -58,21 +43,6 @@ def sequence_logps_of(model, params, prompts_with_bos: Sequence[Sequence[int]],
     return np.asarray(total)
 
 
-def sampled_kl(task, model, params, ref_params, prompts: np.ndarray, *, seed: int = 0, num_samples: int = 1,
-               prefix=()) -> float:
-    """Monte-Carlo ``KL(pi || pi_ref)``: mean of ``log pi(y|x) - log pi_ref(y|x)`` over ``y ~ pi`` (temperature 1).
-    ``prefix`` (a goal token) conditions the policy only: the divergence of what is deployed from ``pi_ref``."""
-    from jaxpref.eval.synthetic import BOS, sample
-
-    # Score exactly what was sampled (EOS included when emitted; a response cut at max_new_tokens has none).
-    samples = sample(task, model, params, prompts, num_samples=num_samples, seed=seed, keep_eos=True, prefix=prefix)
-    flat_prompts = [list(p) for p, ss in zip(prompts, samples) for _ in ss]
-    flat = [s for ss in samples for s in ss]
-    pol = sequence_logps_of(model, params, [[BOS] + list(prefix) + p for p in flat_prompts], flat)
-    ref = sequence_logps_of(model, ref_params, [[BOS] + p for p in flat_prompts], flat)
-    return float(np.mean(pol - ref))
-
-
 def flag_precision_recall(flagged_ids: Iterable[str], flipped_ids: Iterable[str]) -> dict:
     """Precision = flipped among flagged; recall = flagged among flipped (1.0 when the set is empty)."""
     flagged, flipped = set(flagged_ids), set(flipped_ids)
@@ -82,7 +52,19 @@ def flag_precision_recall(flagged_ids: Iterable[str], flipped_ids: Iterable[str]
             "num_flagged": len(flagged), "num_flipped": len(flipped)}
 
 
+def flag_auroc(scores: Sequence[float], flipped: Sequence[bool]) -> float:
+    """Area under the ROC curve of ``scores`` (higher = more suspect, e.g. a pair's loss) for finding the
+    flipped pairs: the probability that a random flipped pair scores above a random clean one (ties 1/2).
+    NaN when either class is empty."""
+    s, y = np.asarray(scores, float), np.asarray(flipped, bool)
+    pos, neg = s[y], s[~y]
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (pos.size * neg.size))
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and (population) standard deviation over seeds."""
+    """Mean and *sample* standard deviation (``ddof=1``; 0 for a single value) over seeds."""
     v = np.asarray(values, float)
-    return float(v.mean()), float(v.std())
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0

@@ -26,6 +26,9 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
     def save(self, step: int, state: Any, meta: dict, *, force: bool = True) -> None:
         self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                              meta=ocp.args.JsonSave(meta)), force=force)
@@ -39,6 +42,11 @@ class Checkpointer:
         out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                                                  meta=ocp.args.JsonRestore()))
         return out["state"], dict(out["meta"]), step
+
+    def delete(self, step: int) -> None:
+        """Remove the checkpoint of ``step`` (e.g. one that holds diverged params)."""
+        self.manager.wait_until_finished()
+        self.manager.delete(int(step))
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

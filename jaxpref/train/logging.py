@@ -23,6 +23,23 @@ class MetricLogger:
 
             self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
+    def truncate_after(self, step: int) -> None:
+        """Drop records of steps after ``step`` (a resumed run repeats them) from metrics.jsonl, and start
+        TensorBoard's event stream over from ``step + 1`` (tensorboardX's ``purge_step``)."""
+        if not self.enabled:
+            return
+        records = read_metrics(os.path.dirname(self.path))
+        kept = [r for r in records if r["step"] <= step]
+        if len(kept) != len(records):
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in kept)
+            os.replace(tmp, self.path)
+        from tensorboardX import SummaryWriter
+
+        self._writer.close()
+        self._writer = SummaryWriter(os.path.join(os.path.dirname(self.path), "tensorboard"), purge_step=step + 1)
+
     def log(self, step: int, metrics: dict, prefix: str = "train") -> None:
         if not self.enabled:
             return

@@ -3,7 +3,7 @@
 A step is built from a *pair loss*: a pure function
 ``(policy_chosen, policy_rejected, ref_chosen, ref_rejected, batch) -> (losses [P], chosen_rewards [P],
 rejected_rewards [P])`` such as :func:`jaxpref.losses.dpo_loss` with its options bound. Per-pair weights
-(``batch["pair_weight"]``: 0 for padding pairs, ROPO's weights otherwise) enter through one explicit
+(:attr:`Batch.weight`: 0 for padding pairs, ROPO's and APO's weights otherwise) enter through one explicit
 reduction::
 
     loss = sum_i w_i * loss_i / sum_i w_i
@@ -12,8 +12,11 @@ Accumulation is exact: each micro-batch adds ``grad(sum_i w_i loss_i)`` and ``su
 accumulator, and the update divides once, so M micro-batches of P pairs give the same update as one
 batch of M*P pairs. (Batch-coupled losses -- ``aot``, ``aot_unpaired`` -- are the exception.)
 
-Log-probs: the LM head runs only at ``batch["score_index"]`` positions (the response tokens), through
+Log-probs: the LM head runs only at :attr:`Batch.score_index` positions (the response tokens), through
 :func:`jaxpref.logprobs.token_logprobs_from_hidden`, which never materialises ``[B, T, V]`` logits.
+
+Everything here takes arrays and static settings and has no side effects, so :class:`StepFns` can be
+lowered with abstract inputs (:meth:`StepFns.lower`) and compiled for a machine that is not here.
 """
 
 from __future__ import annotations
@@ -21,14 +24,15 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxpref import sharding as S
-from jaxpref.data.batching import sequence_sums
-from jaxpref.logprobs import token_logprobs_from_hidden
+from jaxpref.logprobs import sequence_sums, token_logprobs_from_hidden
 from jaxpref.losses import weighted_sum_and_weight
 from jaxpref.models.llama import LlamaForCausalLM, lm_head_kernel
 
@@ -36,35 +40,106 @@ PairLoss = Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
 
 METRIC_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                "logps/chosen", "logps/rejected")
+REFERENCE_MODES = ("frozen", "cached", "none")
 
 
-def sequence_logps(params, model: LlamaForCausalLM, batch: dict, *, vocab_chunk: int = 8192):
-    """Summed response log-probs ``(chosen [P], rejected [P])`` of a batch (see :mod:`jaxpref.data.batching`)."""
-    hidden = model.apply({"params": params}, batch["input_ids"], attention_mask=batch["attention_mask"],
-                         positions=batch["positions"], segment_ids=batch["segment_ids"], return_hidden=True)
-    index = batch["score_index"]
+@flax.struct.dataclass
+class Batch:
+    """A global batch of ``P`` preference pairs in ``R`` rows of ``L`` tokens (layout of
+    :mod:`jaxpref.data.batching`; the leading axis of every field is sharded over ``data`` x ``fsdp``).
+
+    Token fields ``[R, L]`` int32: ``input_ids``, ``attention_mask``, ``positions``, ``segment_ids`` (packing),
+    ``loss_mask`` (response tokens), ``sequence_ids`` (``2i`` chosen / ``2i+1`` rejected of pair ``i``, ``2P``
+    padding). ``score_index``/``score_mask`` ``[R, W]``: the next-token positions whose targets are response
+    tokens. Pair fields ``[P]``:
+
+    * ``weight`` float32 -- the pair's weight in ``sum w l / sum w`` (0 = padding pair; ROPO's w-step
+      weights; APO's per-group RM weights);
+    * ``group`` int32 -- which term of a multi-term loss the pair belongs to (APO's RM: 0 human pair,
+      1 adversarial golden-vs-sample pair; 0 everywhere else);
+    * ``index`` int32 -- the pair's position in the batcher's pair list (-1 = padding);
+    * ``chosen_lengths``/``rejected_lengths`` float32 -- response tokens (length-normalised losses);
+    * ``ref_chosen``/``ref_rejected`` float32 -- cached reference log-probs (zeros unless the reference is
+      ``"cached"``).
+    """
+
+    input_ids: jax.Array
+    attention_mask: jax.Array
+    positions: jax.Array
+    segment_ids: jax.Array
+    loss_mask: jax.Array
+    sequence_ids: jax.Array
+    score_index: jax.Array
+    score_mask: jax.Array
+    weight: jax.Array
+    group: jax.Array
+    index: jax.Array
+    chosen_lengths: jax.Array
+    rejected_lengths: jax.Array
+    ref_chosen: jax.Array
+    ref_rejected: jax.Array
+
+    @property
+    def num_pairs(self) -> int:
+        return self.weight.shape[0]
+
+    @classmethod
+    def from_host(cls, local: dict[str, np.ndarray], ref_chosen=None, ref_rejected=None) -> "Batch":
+        """A host-local numpy batch (:meth:`jaxpref.data.PairBatcher.make_batch`) as a :class:`Batch` of numpy
+        arrays, with cached reference log-probs where given (zeros otherwise)."""
+        zeros = np.zeros_like(local["pair_weight"], np.float32)
+        return cls(
+            input_ids=local["input_ids"], attention_mask=local["attention_mask"], positions=local["positions"],
+            segment_ids=local["segment_ids"], loss_mask=local["loss_mask"], sequence_ids=local["sequence_ids"],
+            score_index=local["score_index"], score_mask=local["score_mask"], weight=local["pair_weight"],
+            group=local["pair_group"], index=local["pair_index"], chosen_lengths=local["chosen_lengths"],
+            rejected_lengths=local["rejected_lengths"],
+            ref_chosen=zeros if ref_chosen is None else np.asarray(ref_chosen, np.float32),
+            ref_rejected=zeros if ref_rejected is None else np.asarray(ref_rejected, np.float32))
+
+    @classmethod
+    def abstract(cls, num_pairs: int, rows: int, length: int, score_width: int, sharding=None) -> "Batch":
+        """``jax.ShapeDtypeStruct`` fields of a global batch, for lowering a step without data."""
+        def spec(shape, dtype):
+            sh = None if sharding is None else sharding(len(shape))
+            return jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
+
+        tok = lambda: spec((rows, length), jnp.int32)  # noqa: E731
+        pair = lambda dtype: spec((num_pairs,), dtype)  # noqa: E731
+        return cls(input_ids=tok(), attention_mask=tok(), positions=tok(), segment_ids=tok(), loss_mask=tok(),
+                   sequence_ids=tok(), score_index=spec((rows, score_width), jnp.int32),
+                   score_mask=spec((rows, score_width), jnp.int32), weight=pair(jnp.float32), group=pair(jnp.int32),
+                   index=pair(jnp.int32), chosen_lengths=pair(jnp.float32), rejected_lengths=pair(jnp.float32),
+                   ref_chosen=pair(jnp.float32), ref_rejected=pair(jnp.float32))
+
+
+def pair_logprobs(params, model: LlamaForCausalLM, batch: Batch, *, vocab_chunk: int = 8192):
+    """Summed response log-probs ``(chosen [P], rejected [P])`` of a batch under ``params``."""
+    hidden = model.apply({"params": params}, batch.input_ids, attention_mask=batch.attention_mask,
+                         positions=batch.positions, segment_ids=batch.segment_ids, return_hidden=True)
+    index = batch.score_index
     h = jnp.take_along_axis(hidden[:, :-1], index[..., None], axis=1)  # [R, W, D]
-    labels = jnp.take_along_axis(batch["input_ids"][:, 1:], index, axis=1)
-    seq = jnp.take_along_axis(batch["sequence_ids"][:, 1:], index, axis=1)
+    labels = jnp.take_along_axis(batch.input_ids[:, 1:], index, axis=1)
+    seq = jnp.take_along_axis(batch.sequence_ids[:, 1:], index, axis=1)
     # Gather the LM head once per step (as FSDP gathers every weight) rather than slicing a vocab-sharded kernel
     # inside the chunk loop, which makes XLA put collectives in the loop body.
     kernel = nn.with_logical_constraint(lm_head_kernel(params, model.config).astype(h.dtype), (None, None))
     per_token = token_logprobs_from_hidden(h, kernel, labels, chunk_size=vocab_chunk)
-    return sequence_sums(per_token, batch["score_mask"], seq, batch["pair_weight"].shape[0])
+    return sequence_sums(per_token, batch.score_mask, seq, batch.num_pairs)
 
 
-def _loss_terms(params, ref_params, batch, *, model, pair_loss: PairLoss, reference: str, vocab_chunk: int,
-                scorer: Callable = sequence_logps):
+def _loss_terms(params, ref_params, batch: Batch, *, model, pair_loss: PairLoss, reference: str, vocab_chunk: int,
+                scorer: Callable = pair_logprobs):
     """Weighted loss sum (the differentiated quantity), the weight sum, and weighted metric sums."""
     chosen, rejected = scorer(params, model, batch, vocab_chunk=vocab_chunk)
     if reference == "frozen":
         ref_chosen, ref_rejected = jax.lax.stop_gradient(scorer(ref_params, model, batch, vocab_chunk=vocab_chunk))
     elif reference == "cached":
-        ref_chosen, ref_rejected = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-    else:  # "none": reference-free losses
+        ref_chosen, ref_rejected = batch.ref_chosen, batch.ref_rejected
+    else:  # "none": reference-free losses and reward models
         ref_chosen = ref_rejected = jnp.zeros_like(chosen)
     losses, chosen_rewards, rejected_rewards = pair_loss(chosen, rejected, ref_chosen, ref_rejected, batch)
-    weight = batch["pair_weight"]
+    weight = batch.weight
     total, weight_sum = weighted_sum_and_weight(losses, weight)
     per_pair = {
         "loss": losses,
@@ -92,27 +167,28 @@ class StepFns:
 
     * ``accumulate(params, ref_params, acc, batch) -> acc``: adds one micro-batch (acc donated).
     * ``apply(state, acc) -> (state, metrics)``: one optimizer update from the accumulated sums (state
-      donated); metrics are weighted means plus ``grad_norm`` and ``learning_rate``.
+      donated); metrics are weighted means plus ``grad_norm``, ``learning_rate`` and ``pairs``.
     * ``evaluate(params, ref_params, batch) -> (metric sums, weight, per-pair outputs)``: no gradients.
     * ``zero(params) -> acc``: a fresh accumulator with the grads sharded like the params.
 
     ``scorer(params, model, batch, vocab_chunk=) -> (chosen [P], rejected [P])`` gives the per-sequence
-    quantities the pair loss compares: summed response log-probs (:func:`sequence_logps`, the default, None) or a
-    reward model's scores (:func:`jaxpref.models.reward.sequence_rewards`).
+    quantities the pair loss compares: summed response log-probs (:func:`pair_logprobs`, the default) or a
+    reward model's scores (:func:`jaxpref.models.reward.sequence_rewards`). ``reference``: ``"frozen"``
+    (a reference forward pass every step), ``"cached"`` (log-probs read from the batch) or ``"none"``.
     """
 
-    def __init__(self, model: LlamaForCausalLM, tx: optax.GradientTransformation, schedule, pair_loss: PairLoss, *,
+    def __init__(self, model, tx: optax.GradientTransformation, schedule, pair_loss: PairLoss, *,
                  mesh, state_shardings, reference: str = "frozen", vocab_chunk: int = 8192,
                  scorer: Callable | None = None):
-        if reference not in ("frozen", "cached", "none"):
-            raise ValueError(f"reference must be 'frozen', 'cached' or 'none', got {reference!r}.")
-        self.mesh = mesh
+        if reference not in REFERENCE_MODES:
+            raise ValueError(f"reference must be one of {REFERENCE_MODES}, got {reference!r}.")
+        self.mesh, self.reference = mesh, reference
         terms = functools.partial(_loss_terms, model=model, pair_loss=pair_loss, reference=reference,
-                                  vocab_chunk=vocab_chunk, scorer=scorer or sequence_logps)
+                                  vocab_chunk=vocab_chunk, scorer=scorer or pair_logprobs)
         param_sh = state_shardings.params
         scalar = S.replicated(mesh)
         acc_sh = {"grads": param_sh, "weight": scalar, "metrics": {k: scalar for k in METRIC_KEYS}}
-        self.acc_shardings = acc_sh
+        self.acc_shardings, self.state_shardings = acc_sh, state_shardings
 
         def accumulate(params, ref_params, acc, batch):
             grads, (weight, sums, _) = jax.grad(terms, has_aux=True)(params, ref_params, batch)
@@ -144,7 +220,7 @@ class StepFns:
         self._evaluate = jax.jit(evaluate, in_shardings=(param_sh, ref_sh, batch_sh))
         self._zero = jax.jit(zero_accumulator, in_shardings=(param_sh,), out_shardings=acc_sh)
 
-    def accumulate(self, params, ref_params, acc, batch):
+    def accumulate(self, params, ref_params, acc, batch: Batch):
         with S.activation_rules(self.mesh):
             return self._accumulate(params, ref_params, acc, batch)
 
@@ -152,31 +228,49 @@ class StepFns:
         with S.activation_rules(self.mesh):
             return self._apply(state, acc)
 
-    def evaluate(self, params, ref_params, batch):
+    def evaluate(self, params, ref_params, batch: Batch):
         with S.activation_rules(self.mesh):
             return self._evaluate(params, ref_params, batch)
 
     def zero(self, params):
         return self._zero(params)
 
+    def lower(self, abstract_state, abstract_batch: Batch) -> dict[str, Any]:
+        """Lower every program with abstract inputs (``jax.ShapeDtypeStruct`` with shardings): ``{"accumulate",
+        "apply", "evaluate"}`` -> ``jax.stages.Lowered``, ready to ``.compile()`` for the mesh's devices (which
+        may be abstract TPU devices of a topology that is not attached)."""
+        params = abstract_state.params
+        ref = params if self.reference == "frozen" else None
+        acc = jax.eval_shape(zero_accumulator, params)
+        acc = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), acc,
+                                     self.acc_shardings)
+        with S.activation_rules(self.mesh):
+            return {"accumulate": self._accumulate.lower(params, ref, acc, abstract_batch),
+                    "apply": self._apply.lower(abstract_state, acc),
+                    "evaluate": self._evaluate.lower(params, ref, abstract_batch)}
 
-def device_batch(local: dict, mesh) -> dict:
-    """Host-local numpy batch -> global jax arrays, leading axis sharded over ``data`` x ``fsdp``.
+
+def device_batch(local: Batch | dict, mesh) -> Batch:
+    """A host-local numpy :class:`Batch` (or a :meth:`PairBatcher.make_batch` dict) -> a global :class:`Batch`
+    of jax arrays, leading axis sharded over ``data`` x ``fsdp``.
 
     Every host passes its own slice (see :class:`jaxpref.data.PairBatcher`); the global leading size is the
     local one times the host count.
     """
+    if isinstance(local, dict):
+        local = Batch.from_host(local)
     n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    out = {}
-    for k, v in local.items():
+
+    def put(name, v):
+        v = np.asarray(v)
         global_shape = (v.shape[0] * jax.process_count(), *v.shape[1:])
         if global_shape[0] % n_batch_shards:
             raise ValueError(
-                f"batch field {k!r} has {global_shape[0]} rows, not divisible by mesh data x fsdp = {n_batch_shards}; "
-                "choose pairs_per_batch (and rows_per_batch) as multiples of data x fsdp."
-            )
-        out[k] = jax.make_array_from_process_local_data(S.batch_sharding(mesh, v.ndim), v, global_shape)
-    return out
+                f"batch field {name!r} has {global_shape[0]} rows, not divisible by mesh data x fsdp = {n_batch_shards}; "
+                "choose pairs_per_batch (and rows_per_batch) as multiples of data x fsdp.")
+        return jax.make_array_from_process_local_data(S.batch_sharding(mesh, v.ndim), v, global_shape)
+
+    return local.replace(**{f.name: put(f.name, getattr(local, f.name)) for f in local.__dataclass_fields__.values()})
 
 
 def dpo_pair_loss(loss_cfg) -> PairLoss:
@@ -186,16 +280,16 @@ def dpo_pair_loss(loss_cfg) -> PairLoss:
     kwargs: dict[str, Any] = dict(
         loss_type=list(loss_cfg.type) if isinstance(loss_cfg.type, (list, tuple)) else loss_cfg.type,
         beta=loss_cfg.beta,
-        label_smoothing=loss_cfg.get("label_smoothing", 0.0),
-        f_divergence_type=loss_cfg.get("f_divergence_type", "reverse_kl"),
-        f_alpha_divergence_coef=loss_cfg.get("f_alpha_divergence_coef", 1.0),
-        discopop_tau=loss_cfg.get("discopop_tau", 0.05),
+        label_smoothing=loss_cfg.label_smoothing,
+        f_divergence_type=loss_cfg.f_divergence_type,
+        f_alpha_divergence_coef=loss_cfg.f_alpha_divergence_coef,
+        discopop_tau=loss_cfg.discopop_tau,
     )
-    if loss_cfg.get("loss_weights"):
+    if loss_cfg.loss_weights:
         kwargs["loss_weights"] = list(loss_cfg.loss_weights)
 
     def pair_loss(chosen, rejected, ref_chosen, ref_rejected, batch):
-        return dpo_loss(chosen, rejected, ref_chosen, ref_rejected, chosen_lengths=batch["chosen_lengths"],
-                        rejected_lengths=batch["rejected_lengths"], **kwargs)
+        return dpo_loss(chosen, rejected, ref_chosen, ref_rejected, chosen_lengths=batch.chosen_lengths,
+                        rejected_lengths=batch.rejected_lengths, **kwargs)
 
     return pair_loss

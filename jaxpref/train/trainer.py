@@ -1,276 +1,137 @@
-"""The shared training core: model, data, mesh, reference, optimizer, checkpoints, logging, the loop.
+"""A training session: one model trained on one set of pairs, over a :class:`~jaxpref.train.runtime.Runtime`.
 
-Algorithms are thin orchestration over :class:`Trainer`: DPO calls :meth:`Trainer.fit` once; ROPO changes
-the pair weights and data between rounds; APO holds two trainers. Everything a run needs comes from one
-``ml_collections.ConfigDict`` (see ``configs/`` and :mod:`jaxpref.configs_base` for every key).
+The runtime (mesh, model definition, tokenizer, shardings) is built once per run; a :class:`Trainer` adds
+what one training phase needs -- the tokenized pairs and their batcher, the optimizer and train state,
+the reference policy (frozen copy, cached table, or none), checkpoints and metrics in ``workdir`` -- and
+trains with :func:`jaxpref.train.loop.fit`. DPO uses one; ROPO one per round; APO one per phase and
+model. Pair weights and groups (ROPO's w-step, APO's RM terms) are explicit arguments, aligned with the
+rows, never fields of the data.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
-import signal
-import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxpref import data as D
-from jaxpref import models as M
-from jaxpref import sharding as S
-from jaxpref.train import refcache
+from jaxpref.errors import ConfigError
+from jaxpref.train import loop, refcache
 from jaxpref.train.checkpoint import Checkpointer, abstract_with_shardings
 from jaxpref.train.logging import MetricLogger
-from jaxpref.train.state import create_sharded_state, make_optimizer, state_shardings
-from jaxpref.train.step import PairLoss, StepFns, device_batch, dpo_pair_loss
+from jaxpref.train.runtime import Runtime, host_tree, tokenizer_path
+from jaxpref.train.state import create_sharded_state
+from jaxpref.train.step import Batch, PairLoss, device_batch, dpo_pair_loss
 
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names the key and the fix."""
-
-
-# ---- setup helpers (each usable alone) -----------------------------------------------------------------
-
-
-def maybe_initialize_distributed(cfg) -> None:
-    """``jax.distributed.initialize`` when the config or the environment asks for multi-host.
-
-    ``config.distributed.initialize``: ``"auto"`` (default: initialise when a coordinator address is set, or
-    under SLURM with more than one task, or on a TPU pod), ``True`` (always; JAX auto-detects the cluster),
-    ``False`` (never). ``coordinator_address``/``num_processes``/``process_id`` pass through.
-    ``cpu_collectives`` (e.g. ``"gloo"``) enables cross-process collectives on CPU.
-    """
-    d = cfg.get("distributed") or {}
-    mode = str(d.get("initialize", "auto")).lower()
-    mode = True if mode in ("true", "1", "yes") else False if mode in ("false", "0", "no") else "auto"
-    if mode is False or jax.distributed.is_initialized():
-        return
-    if d.get("cpu_collectives"):
-        jax.config.update("jax_cpu_collectives_implementation", d.get("cpu_collectives"))
-    env = os.environ
-    wanted = (mode is True or bool(d.get("coordinator_address"))
-              or int(env.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in env
-              or "JAX_COORDINATOR_ADDRESS" in env)
-    if not wanted:
-        return
-    kwargs = {}
-    if d.get("coordinator_address"):
-        kwargs = dict(coordinator_address=d.coordinator_address, num_processes=int(d.num_processes),
-                      process_id=int(d.process_id))
-    jax.distributed.initialize(**kwargs)
-    log.info("jax.distributed: process %d of %d", jax.process_index(), jax.process_count())
-
-
-def build_mesh(cfg):
-    m = cfg.get("mesh") or {}
-    devices = jax.devices()
-    if m.get("num_devices", 0):
-        if jax.process_count() > 1:
-            raise ConfigError("config.mesh.num_devices is for single-host runs; leave it 0 on multi-host runs.")
-        devices = devices[: m.num_devices]
-    try:
-        return S.make_mesh(m.get("data", 1), m.get("fsdp", -1), m.get("tensor", 1), devices=devices)
-    except ValueError as e:
-        raise ConfigError(f"config.mesh: {e}") from None
-
-
-def build_model(cfg, *, rng_seed: int | None = None) -> tuple[M.LlamaForCausalLM, dict]:
-    """``config.model``: ``hf_dir`` (a local HF directory) or ``preset`` (random init with ``config.seed``),
-    plus ``dtype``, ``param_dtype``, ``remat_policy`` and ``overrides`` (dict of ModelConfig fields)."""
-    mc = cfg.model
-    compute = dict(dtype=mc.get("dtype", "float32"), param_dtype=mc.get("param_dtype", "float32"),
-                   remat_policy=mc.get("remat_policy", "none"))
-    if mc.get("hf_dir"):
-        if not os.path.isdir(mc.hf_dir):
-            raise ConfigError(f"config.model.hf_dir={mc.hf_dir!r} does not exist; point it to a local Hugging Face "
-                              "model directory (config.json + safetensors).")
-        model, params = M.from_pretrained(mc.hf_dir, dtype=jnp.dtype(compute["param_dtype"]),
-                                          compute_dtype=jnp.dtype(compute["dtype"]),
-                                          remat_policy=compute["remat_policy"])
-        return model, params
-    if not mc.get("preset"):
-        raise ConfigError("config.model needs hf_dir (a local HF checkpoint) or preset (one of "
-                          f"{sorted(M.PRESETS)}).")
-    config = M.preset(mc.preset, **dict(mc.get("overrides") or {}), **compute)
-    seed = cfg.get("seed", 0) if rng_seed is None else rng_seed
-    return M.LlamaForCausalLM(config), M.init_params(config, seed)
-
-
-def build_tokenizer(cfg, model_config: M.ModelConfig):
-    path = cfg.tokenizer.path
-    try:
-        tok = D.load_tokenizer(path)
-    except (OSError, FileNotFoundError, ValueError) as e:
-        raise ConfigError(f"config.tokenizer.path={path!r}: {e}") from None
-    if tok.vocab_size > model_config.vocab_size:
-        raise ConfigError(f"tokenizer {path!r} has {tok.vocab_size} tokens but the model's vocab_size is "
-                          f"{model_config.vocab_size}; use the model's own tokenizer.")
-    return tok
-
-
-def resolve_data_path(path: str) -> str:
-    """``"hh"`` is the shipped Anthropic HH harmless-base sample."""
-    return D.SHIPPED_HH if path in ("hh", "hh_harmless_test") else path
-
-
-def load_rows(cfg) -> tuple[D.PreferenceDataset, D.PreferenceDataset | None]:
-    """Train and (optional) eval rows from ``config.data``: ``train_path``, ``format``, ``skip_invalid``,
-    ``max_rows``, ``eval_path`` or ``eval_fraction`` (a seeded split of the train file), ``flip_rate``."""
-    dc = cfg.data
-    rows = D.load_preferences(resolve_data_path(dc.train_path), format=dc.get("format", "auto"),
-                              skip_invalid=dc.get("skip_invalid", False), max_rows=dc.get("max_rows"))
-    eval_rows = None
-    if dc.get("eval_path"):
-        eval_rows = D.load_preferences(resolve_data_path(dc.eval_path), format=dc.get("format", "auto"),
-                                       skip_invalid=dc.get("skip_invalid", False))
-    elif dc.get("eval_fraction", 0.0):
-        perm = np.random.default_rng(cfg.get("seed", 0)).permutation(len(rows))
-        n_eval = max(1, int(round(dc.eval_fraction * len(rows))))
-        eval_rows = D.PreferenceDataset([rows[i] for i in sorted(perm[:n_eval])], rows.report)
-        rows = D.PreferenceDataset([rows[i] for i in sorted(perm[n_eval:])], rows.report)
-    if dc.get("flip_rate", 0.0):
-        rows, _ = D.flip_labels(rows, dc.flip_rate, seed=dc.get("flip_seed", cfg.get("seed", 0)))
-    return rows, eval_rows
-
-
-def tokenize_options(cfg) -> D.TokenizeOptions:
-    dc = cfg.data
-    return D.TokenizeOptions(max_length=dc.get("max_length", 512), max_prompt_length=dc.get("max_prompt_length", 256),
-                             prompt_truncation=dc.get("prompt_truncation", "keep_end"))
-
-
-def batch_options(cfg, *, shuffle: bool = True) -> D.BatchOptions:
-    dc, tc = cfg.data, cfg.train
-    buckets = tuple(dc.get("buckets") or (dc.get("max_length", 512),))
-    return D.BatchOptions(pairs_per_batch=tc.pairs_per_batch, buckets=buckets, packing=dc.get("packing", False),
-                          rows_per_batch=dc.get("rows_per_batch"), shuffle=shuffle, seed=cfg.get("seed", 0),
-                          sort_window=dc.get("sort_window", 8), skip_invalid=dc.get("skip_invalid", False))
-
-
-def host_tree(tree):
-    """A pytree of (possibly multi-host sharded) arrays as host numpy arrays, one leaf at a time."""
-    from jax.experimental import multihost_utils
-
-    def get(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-        return np.asarray(jax.device_get(x))
-
-    return jax.tree_util.tree_map(get, tree)
-
-
-# ---- the trainer -----------------------------------------------------------------------------------
+def with_weights(pairs: list[D.TokenizedPair], weights: Sequence[float] | None = None,
+                 groups: Sequence[int] | None = None) -> list[D.TokenizedPair]:
+    """``pairs`` with per-pair ``weight``/``group`` taken from arrays aligned with the *source rows*
+    (``pair.index`` is the row's position), so rows dropped by tokenization keep the alignment."""
+    if weights is None and groups is None:
+        return pairs
+    return D.TokenizedPairs([dataclasses.replace(p, weight=float(weights[p.index]) if weights is not None else p.weight,
+                                                 group=int(groups[p.index]) if groups is not None else p.group)
+                             for p in pairs], getattr(pairs, "report", None))
 
 
 class Trainer:
-    """Builds everything from ``cfg`` and trains the policy with a pairwise loss.
+    """Trains ``params`` on ``rows`` with a pairwise loss, over ``runtime``.
 
     Args:
-      cfg: the run config.
-      workdir: checkpoints, metrics.jsonl, tensorboard/, hf_export/ and results go here.
-      pair_loss: defaults to :func:`jaxpref.train.step.dpo_pair_loss` of ``cfg.loss``.
-      rows: train rows to use instead of loading ``cfg.data`` (algorithms pass their own).
-      model_and_params: start from this model and params instead of ``cfg.model``.
-      reference_params: the reference policy (default: the starting params); iterative algorithms pass
-        the original policy here while the policy itself continues from the previous round.
-      scorer: what the pair loss compares (default summed log-probs; a reward model passes
-        :func:`jaxpref.models.reward.sequence_rewards`); reference: overrides ``config.reference.mode``
-        (a reward model trains with ``"none"``).
+      runtime: the run's :class:`Runtime` (policy or reward model).
+      workdir: checkpoints/, metrics.jsonl, tensorboard/, hf_export/ go here.
+      rows: the train rows (a :class:`~jaxpref.data.PreferenceDataset` or list of row dicts).
+      params: the starting params (host or device arrays).
+      pair_loss: defaults to :func:`jaxpref.train.step.dpo_pair_loss` of ``config.loss``.
+      weights, groups: per-row pair weights / groups (see :class:`~jaxpref.train.step.Batch`); default 1 / 0.
+      reference_params: the reference policy (default: ``params``); iterative algorithms pass the original
+        policy while the policy continues from the previous round.
+      reference: ``"frozen"``, ``"cached"`` or ``"none"`` (default ``config.reference.mode``; ``"none"`` for
+        reference-free losses and reward models).
+      eval_rows: held-out rows for :meth:`evaluate`.
+      train_cfg: a train section replacing the runtime's (e.g. APO's per-round learning rate).
+      label: the progress bar's name (e.g. ``"APO round 2/3 · reward model"``).
     """
 
-    def __init__(self, cfg, workdir: str, *, pair_loss: PairLoss | None = None,
-                 rows: D.PreferenceDataset | None = None, eval_rows: D.PreferenceDataset | None = None,
-                 model_and_params: tuple[M.LlamaForCausalLM, dict] | None = None,
-                 reference_params: dict | None = None, progress: bool = True, scorer=None,
-                 reference: str | None = None):
-        self.cfg, self.workdir, self.progress = cfg, workdir, progress
+    def __init__(self, runtime: Runtime, workdir: str, rows, *, params, pair_loss: PairLoss | None = None,
+                 weights=None, groups=None, reference_params=None, reference: str | None = None, eval_rows=None,
+                 train_cfg=None, label: str = "train", progress: bool = True):
+        self.runtime, self.cfg, self.workdir, self.progress, self.label = runtime, runtime.cfg, workdir, progress, label
+        self.mesh, self.model, self.tokenizer, self.tok_options = (runtime.mesh, runtime.model, runtime.tokenizer,
+                                                                   runtime.tok_options)
+        self.train_cfg = train_cfg or runtime.train_cfg
         os.makedirs(workdir, exist_ok=True)
-        maybe_initialize_distributed(cfg)
-        self.mesh = build_mesh(cfg)
-        self.model, init_params = model_and_params or build_model(cfg)
-        self.tokenizer = build_tokenizer(cfg, self.model.config)
-        if rows is None:
-            rows, loaded_eval = load_rows(cfg)
-            eval_rows = eval_rows if eval_rows is not None else loaded_eval
         self.rows, self.eval_rows = rows, eval_rows
-        self.tok_options = tokenize_options(cfg)
-        skip = cfg.data.get("skip_invalid", False)
-        self.pairs = D.tokenize_dataset(rows, self.tokenizer, self.tok_options, skip_invalid=skip, progress=progress)
-        n_shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        if cfg.train.pairs_per_batch % n_shards:
-            raise ConfigError(f"config.train.pairs_per_batch={cfg.train.pairs_per_batch} must be a multiple of "
-                              f"mesh data x fsdp = {n_shards}.")
-        self.batcher = D.PairBatcher(self.pairs, batch_options(cfg), pad_id=self.tokenizer.pad_id,
-                                     process_index=jax.process_index(), process_count=jax.process_count())
+        self.pairs = with_weights(runtime.tokenize(rows, progress=progress), weights, groups)
+        log.info("%s: %s", label, self.pairs.report.summary())
+        self.batcher = runtime.batcher(self.pairs)
         self.eval_batcher = self.batcher_for(eval_rows) if eval_rows is not None else None
-
-        tc = cfg.train
-        self.grad_accum = int(tc.get("grad_accum_steps", 1))
-        steps = tc.get("num_steps") or math.ceil(tc.get("num_epochs", 1) * self.batcher.batches_per_epoch / self.grad_accum)
-        self.total_steps = int(steps)
-        self.tx, self.schedule = make_optimizer(tc, self.total_steps)
-        boxed = lambda: self.model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32))["params"]
-        self.shardings = state_shardings(boxed, self.tx, self.mesh)
-        self.reference = reference or cfg.get("reference", {}).get("mode", "frozen")
-        if cfg.loss.get("reference_free", False):
-            self.reference = "none"
-        self.step_fns = StepFns(self.model, self.tx, self.schedule, pair_loss or dpo_pair_loss(cfg.loss),
-                                mesh=self.mesh, state_shardings=self.shardings, reference=self.reference,
-                                vocab_chunk=tc.get("vocab_chunk", 8192), scorer=scorer)
-        self.state = create_sharded_state(init_params, self.tx, jax.random.PRNGKey(cfg.get("seed", 0)), self.shardings)
-        self.ref_params = None
-        self.ref_table = None
-        ref_source = init_params if reference_params is None else reference_params
+        tc = self.train_cfg
+        self.grad_accum = tc.grad_accum_steps
+        self.total_steps = int(tc.num_steps or math.ceil(tc.num_epochs * self.batcher.batches_per_epoch / self.grad_accum))
+        self.tx, self.schedule = runtime.optimizer(self.total_steps, tc)
+        self.shardings = runtime.state_shardings(self.tx)
+        mode = reference or ("none" if runtime.scorer is not None else self.cfg.reference.mode)
+        if self.cfg.loss.reference_free:
+            mode = "none"
+        self.reference = mode
+        self.step_fns = runtime.steps(pair_loss or dpo_pair_loss(self.cfg.loss), self.tx, self.schedule, reference=mode)
+        self.state = create_sharded_state(params, self.tx, jax.random.PRNGKey(self.cfg.seed), self.shardings)
+        self.ref_params = self.ref_table = self.ref_cache = None
+        ref_source = params if reference_params is None else reference_params
         self._ref_source, self._ref_placed_on_demand = ref_source, None
-        if self.reference != "none":
-            # a copy, never an alias of the policy's buffers (the state is donated every step)
-            placed = jax.jit(lambda p: jax.tree_util.tree_map(jnp.copy, p), out_shardings=self.shardings.params)(
-                jax.device_put(ref_source, self.shardings.params))
-            if self.reference == "frozen":
-                self.ref_params = placed
-            else:
-                self._prepare_reference_cache(ref_source, placed)
-        self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tc.get("keep_checkpoints", 2),
-                                         async_save=tc.get("async_checkpointing", True))
+        if mode == "frozen":
+            self.ref_params = runtime.place(ref_source)
+        elif mode == "cached":
+            self._prepare_reference_cache(ref_source)
+        self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tc.keep_checkpoints,
+                                         async_save=tc.async_checkpointing)
         self.logger = MetricLogger(workdir)
-        self._stop_requested = False
+
+    @classmethod
+    def from_config(cls, cfg, workdir: str, **kwargs) -> "Trainer":
+        """Runtime, rows (``config.data``) and starting params (``config.model``) from ``cfg``: a DPO-style run in
+        one call (tests, scripts)."""
+        from jaxpref.tasks import real
+
+        runtime = Runtime.build(cfg)
+        rows, eval_rows = real.load_rows(cfg)
+        kwargs.setdefault("eval_rows", eval_rows)
+        return cls(runtime, workdir, rows, params=runtime.initial_params(), **kwargs)
 
     # ---- reference log-probs -------------------------------------------------------------------------
 
-    def _prepare_reference_cache(self, ref_source, ref_placed) -> None:
-        rc = self.cfg.get("reference", {})
+    def _prepare_reference_cache(self, ref_source) -> None:
+        placed = self._placed_reference()
         settings = dict(self.tok_options.__dict__, buckets=list(self.batcher.buckets), packing=self.batcher.options.packing)
-        key = refcache.fingerprint(refcache.params_digest(ref_source), self.pairs, self.cfg.tokenizer.path, settings)
-        cache_dir = rc.get("cache_dir") or os.path.join(self.workdir, "ref_cache")
+        key = refcache.fingerprint(refcache.params_digest(ref_source), self.pairs, tokenizer_path(self.cfg), settings)
+        cache_dir = self.cfg.reference.cache_dir or os.path.join(self.workdir, "ref_cache")
         self.ref_cache = refcache.ReferenceCache(cache_dir, key, len(self.pairs))
-        plan_batcher = D.PairBatcher(self.pairs, batch_options(self.cfg, shuffle=False), pad_id=self.tokenizer.pad_id,
-                                     process_index=jax.process_index(), process_count=jax.process_count())
+        plan_batcher = self.runtime.batcher(self.pairs, shuffle=False)
 
         def logps(local):
-            _, _, out = self.step_fns.evaluate(ref_placed, None, self._to_device(local, with_ref=False))
-            got = host_tree({"c": out["policy_chosen"], "r": out["policy_rejected"]})
-            idx = host_tree(self._to_device({"i": local["pair_index"]}, with_ref=False)["i"])
-            return got["c"], got["r"], idx
+            _, _, out = self.step_fns.evaluate(placed, None, self._to_device(local, with_ref=False))
+            got = host_tree({"c": out["policy_chosen"], "r": out["policy_rejected"], "i": self._to_device(
+                local, with_ref=False).index})
+            return got["c"], got["r"], got["i"]
 
-        # (the "cached" evaluate() reads ref log-probs from the batch; _to_device gives it zeros here)
+        # (the "cached" evaluate() reads ref log-probs from the batch; zeros here, and only the policy's are used)
         self.ref_table = self.ref_cache.load_or_compute(plan_batcher, logps, progress=self.progress)
 
-    def _to_device(self, local: dict, *, with_ref: bool = True) -> dict:
-        local = dict(local)
-        if self.reference == "cached":
-            if with_ref and self.ref_table is not None:
-                idx = np.maximum(local["pair_index"], 0)
-                local["ref_chosen_logps"] = self.ref_table[0][idx].astype(np.float32)
-                local["ref_rejected_logps"] = self.ref_table[1][idx].astype(np.float32)
-            elif "pair_weight" in local:
-                local["ref_chosen_logps"] = np.zeros_like(local["pair_weight"])
-                local["ref_rejected_logps"] = np.zeros_like(local["pair_weight"])
-        return device_batch(local, self.mesh)
+    def _to_device(self, local: dict, *, with_ref: bool = True) -> Batch:
+        ref_c = ref_r = None
+        if self.reference == "cached" and with_ref and self.ref_table is not None:
+            idx = np.maximum(local["pair_index"], 0)
+            ref_c, ref_r = self.ref_table[0][idx], self.ref_table[1][idx]
+        return device_batch(Batch.from_host(local, ref_c, ref_r), self.mesh)
 
     # ---- checkpoints ---------------------------------------------------------------------------------
 
@@ -283,85 +144,82 @@ class Trainer:
         self.checkpointer.save(step, self.state, meta)
 
     def maybe_restore(self) -> dict | None:
-        """Restore the latest checkpoint in the workdir (state and data iterator); returns its meta or None."""
-        if self.checkpointer.latest_step() is None:
+        """Restore the latest readable checkpoint in the workdir (state and data iterator); returns its meta or None.
+
+        A checkpoint that cannot be read (a truncated or missing array file) is skipped with one warning naming
+        it and the step used instead; one whose arrays do not fit this run (another model or optimizer) is a
+        :class:`~jaxpref.errors.ConfigError`."""
+        steps = sorted(self.checkpointer.all_steps(), reverse=True)
+        if not steps:
             return None
         abstract = abstract_with_shardings(self.state, self.shardings)
-        self.state, meta, step = self.checkpointer.restore(abstract)
-        self.batcher.load_state_dict(meta["data"])
-        log.info("resumed from step %d", step)
-        return meta
+        for n, step in enumerate(steps):
+            try:
+                self.state, meta, step = self.checkpointer.restore(abstract, step=step)
+            except Exception as e:  # noqa: BLE001 -- orbax/tensorstore raise many types for damaged files
+                if _is_structure_mismatch(e):
+                    raise ConfigError(f"the checkpoint of step {step} in {self.checkpointer.directory} does not fit "
+                                      f"this run (another model, LoRA or optimizer setting: {_first_line(e)}); use a "
+                                      "new --workdir.") from None
+                fallback = steps[n + 1] if n + 1 < len(steps) else None
+                log.warning("%s: checkpoint %d in %s is unreadable (%s); %s", self.label, step,
+                            self.checkpointer.directory, _first_line(e),
+                            f"using step {fallback} instead" if fallback is not None else "starting from scratch")
+                continue
+            self.batcher.load_state_dict(meta["data"])
+            self.logger.truncate_after(step)
+            log.info("%s: resumed from step %d of %d (%s)", self.label, step, self.total_steps, self.workdir)
+            return meta
+        return None
 
     # ---- training ------------------------------------------------------------------------------------
 
-    def _request_stop(self, signum, frame):
-        log.warning("signal %d: saving a checkpoint and stopping after this step", signum)
-        self._stop_requested = True
-
-    def fit(self, num_steps: int | None = None, *, resume: bool = True, on_step: Callable | None = None) -> dict:
+    def fit(self, num_steps: int | None = None, *, resume: bool = True, on_step: Callable | None = None):
         """Train until ``num_steps`` (default: ``total_steps``) optimizer steps have been taken in total.
 
-        Saves every ``config.train.save_every`` steps and at the end; SIGTERM saves and returns early
-        (``status: "preempted"``); a non-finite loss raises ``FloatingPointError`` before anything is saved,
-        leaving the last good checkpoint intact. Returns a summary dict.
+        Saves every ``save_every`` steps and at the end; a SIGTERM/SIGINT saves and returns
+        ``status="preempted"``; a non-finite loss raises ``FloatingPointError`` (see :func:`loop.fit`).
+        ``on_step(step, metrics)`` runs after every step. Returns a :class:`~jaxpref.train.loop.FitResult`.
         """
-        tc = self.cfg.train
+        tc = self.train_cfg
         target = self.total_steps if num_steps is None else num_steps
         if resume:
             self.maybe_restore()
-        previous = signal.signal(signal.SIGTERM, self._request_stop) if _main_thread() else None
-        from tqdm.auto import tqdm
 
-        start = int(jax.device_get(self.state.step))
-        bar = tqdm(total=target, initial=start, desc="train", disable=not self.progress or jax.process_index() != 0,
-                   dynamic_ncols=True)
-        it = iter(self.batcher)
-        status, last = "done", {}
-        save_every = tc.get("save_every", 0)
-        log_every = max(1, tc.get("log_every", 1))
-        eval_every = tc.get("eval_every", 0)
-        try:
-            while int(jax.device_get(self.state.step)) < target:
-                t0 = time.perf_counter()
-                acc = self.step_fns.zero(self.state.params)
-                tokens = 0
-                for _ in range(self.grad_accum):
-                    local = next(it)
-                    tokens += int(local["attention_mask"].sum()) * jax.process_count()
-                    acc = self.step_fns.accumulate(self.state.params, self.ref_params, acc, self._to_device(local))
-                self.state, metrics = self.step_fns.apply(self.state, acc)
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                step = int(jax.device_get(self.state.step))
-                if not np.isfinite(metrics["loss"]):
-                    good = self.checkpointer.latest_step()
-                    raise FloatingPointError(
-                        f"non-finite loss ({metrics['loss']}) at step {step}; stopped without saving. The last good "
-                        f"checkpoint ({'step ' + str(good) if good is not None else 'none'}) in "
-                        f"{self.checkpointer.directory} is intact. Lower config.train.learning_rate or check the data.")
-                dt = time.perf_counter() - t0
-                metrics.update({"tokens_per_s": tokens / dt, "pairs_per_s": metrics["pairs"] / dt, "step_time_s": dt})
-                last = metrics
-                if step % log_every == 0 or step == target:
-                    self.logger.log(step, metrics)
-                if eval_every and self.eval_batcher is not None and step % eval_every == 0:
-                    self.logger.log(step, self.evaluate(), prefix="eval")
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
-                if on_step is not None:
-                    on_step(step, metrics)
-                if save_every and step % save_every == 0:
-                    self.save()
-                if self._stop_requested:
-                    status = "preempted"
-                    break
+        def batches():
+            for local in self.batcher:
+                yield self._to_device(local)
+
+        def save(state, step):
+            self.state = state
             self.save()
+
+        def discard(step):
+            self.checkpointer.delete(step)
+
+        def evaluate(state, step):
+            self.state = state
+            if self.eval_batcher is not None:
+                self.logger.log(step, self.evaluate(), prefix="eval")
+
+        def hook(step, metrics, state):
+            self.state = state
+            if on_step is not None:
+                on_step(step, metrics)
+            return self.state
+
+        hooks = loop.Hooks(save=save, last_saved=self.checkpointer.latest_step, discard=discard,
+                           log=self.logger.log, evaluate=evaluate, on_step=hook)
+        try:
+            self.state, result = loop.fit(
+                self.step_fns, self.state, batches(), target=target, ref_params=self.ref_params,
+                grad_accum=self.grad_accum, save_every=tc.save_every, log_every=tc.log_every,
+                eval_every=tc.eval_every, hooks=hooks, progress=self.progress, label=self.label,
+                checkpoint_dir=self.checkpointer.directory)
             self.checkpointer.wait()
         finally:
-            bar.close()
             self.logger.flush()
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
-        return {"status": status, "step": int(jax.device_get(self.state.step)), "last_metrics": last}
+        return result
 
     def evaluate(self, batcher: D.PairBatcher | None = None) -> dict:
         """Weighted mean metrics (loss, reward accuracy, margins...) over one pass of ``batcher`` (default: eval)."""
@@ -378,18 +236,16 @@ class Trainer:
             weight += float(w)
         return {k: v / max(weight, 1e-12) for k, v in totals.items()}
 
-    def batcher_for(self, rows: D.PreferenceDataset | None = None, *, pairs: list | None = None) -> D.PairBatcher:
+    def batcher_for(self, rows=None, *, pairs: list | None = None) -> D.PairBatcher:
         """An unshuffled batcher over ``rows`` (tokenized like the train rows) or already tokenized ``pairs``:
         for :meth:`evaluate` on another split, or :meth:`pair_logps`."""
         if pairs is None:
-            pairs = D.tokenize_dataset(rows, self.tokenizer, self.tok_options,
-                                       skip_invalid=self.cfg.data.get("skip_invalid", False), progress=self.progress)
-        return D.PairBatcher(pairs, batch_options(self.cfg, shuffle=False), pad_id=self.tokenizer.pad_id,
-                             process_index=jax.process_index(), process_count=jax.process_count())
+            pairs = self.runtime.tokenize(rows, progress=self.progress)
+        return self.runtime.batcher(pairs, shuffle=False)
 
     def pair_logps(self, params, pairs: list[D.TokenizedPair], *, with_reference: bool = False):
         """Summed response log-probs ``(chosen [N], rejected [N])`` of ``pairs`` under ``params`` (placed like the
-        policy's params), in the order of ``pairs``.
+        policy's params), in the order of ``pairs`` (for a reward model: the rewards).
 
         ``with_reference=True`` returns ``((chosen, rejected), (ref_chosen, ref_rejected))``. With a frozen
         reference the evaluation step computes the reference's log-probs in the same pass, so they come from
@@ -417,7 +273,7 @@ class Trainer:
     def reference_logps(self, pairs: list[D.TokenizedPair] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Reference log-probs ``(chosen [N], rejected [N])`` of ``pairs`` (default: the train pairs) without a
         second copy of the reference on the devices: the cached table when ``pairs`` are the train pairs, else
-        a pass with the placed reference (:meth:`_placed_reference`)."""
+        a pass with the placed reference."""
         pairs = self.pairs if pairs is None else pairs
         if self.reference == "cached" and pairs is self.pairs and self.ref_table is not None:
             return self.ref_table[0].astype(np.float32), self.ref_table[1].astype(np.float32)
@@ -425,34 +281,52 @@ class Trainer:
 
     def _placed_reference(self):
         """The reference params placed like the policy's: the frozen copy the steps use, or (cached / none
-        mode) a fresh placement of the reference source, made once and kept."""
+        mode) a placement of the reference source, made once and kept."""
         if self.ref_params is not None:
             return self.ref_params
         if self._ref_placed_on_demand is None:
-            self._ref_placed_on_demand = jax.device_put(self._ref_source, self.shardings.params)
+            self._ref_placed_on_demand = self.runtime.place(self._ref_source)
         return self._ref_placed_on_demand
 
-    def maybe_export(self, summary: dict) -> dict:
-        """``{"hf_export": path}`` after a finished :meth:`fit` when ``config.export.hf`` (default on), else ``{}``."""
-        if summary.get("status") == "done" and self.cfg.get("export", {}).get("hf", True):
+    def data_report(self) -> dict:
+        """How the train rows became pairs (kept, skipped by reason, truncated), for results.json."""
+        return self.pairs.report.to_dict()
+
+    def maybe_export(self, summary) -> dict:
+        """``{"hf_export": path}`` after a finished :meth:`fit` when ``config.export.hf``, else ``{}``."""
+        if summary["status"] == "done" and self.cfg.export.hf:
             return {"hf_export": self.export_hf()}
         return {}
 
     def export_hf(self, out_dir: str | None = None) -> str | None:
-        """Write the current policy as a HF directory (process 0); returns the path there, None elsewhere."""
-        out_dir = out_dir or os.path.join(self.workdir, "hf_export")
-        params = host_tree(self.state.params)
-        if jax.process_index() != 0:
-            return None
-        M.save_pretrained(self.model, params, out_dir)
-        return out_dir
+        """Write the current params as a HF directory (process 0); returns the path there, None elsewhere."""
+        from jaxpref.train.export import export_hf
+
+        return export_hf(self.runtime, self.state.params, out_dir or os.path.join(self.workdir, "hf_export"))
 
     def close(self) -> None:
         self.checkpointer.close()
         self.logger.close()
 
 
-def _main_thread() -> bool:
-    import threading
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
-    return threading.current_thread() is threading.main_thread()
+
+def _is_structure_mismatch(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, ValueError) and ("tree structures do not match" in text or "shape" in text.lower()
+                                          and "mismatch" in text.lower())
+
+
+def require_done(result, where: str) -> None:
+    """Raise :class:`jaxpref.errors.Preempted` when a fit was preempted: later phases must not run on
+    unfinished work (and no round/phase marker may be written for it)."""
+    from jaxpref.errors import Preempted
+
+    if result["status"] != "done":
+        raise Preempted(f"preempted during {where}; re-run the same command to resume")
+
+
+__all__ = ["ConfigError", "Trainer", "host_tree", "require_done", "with_weights"]

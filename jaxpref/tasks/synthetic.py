@@ -292,8 +292,6 @@ def build_preference_data(task: GoldTask, *, seed: int = 0, num_pair_prompts: in
                           labeling: str = "deterministic", selection: str = "random", hidden: int = 64,
                           layers: int = 2, progress: bool = False) -> TaskData:
     """Steps (1)-(3) of the pipeline for one seed (flips are applied by the caller)."""
-    from jaxpref.eval import metrics
-
     rng = np.random.default_rng(seed)
     sft_prompts = task.sample_prompts(rng, num_sft_prompts)
     pair_prompts = task.sample_prompts(rng, num_pair_prompts)
@@ -304,5 +302,36 @@ def build_preference_data(task: GoldTask, *, seed: int = 0, num_pair_prompts: in
     samples = sample(task, model, params, pair_prompts, num_samples=samples_per_prompt, seed=seed + 1)
     train_rows = make_pairs(task, pair_prompts, samples, labeling=labeling, selection=selection, seed=seed)
     eval_rows = clean_pairs(task, eval_prompts, np.random.default_rng(seed + 7))
-    sft_eval = metrics.sampled_gold_reward(task, model, params, eval_prompts, seed=seed + 2)
+    sft_eval = sampled_gold_reward(task, model, params, eval_prompts, seed=seed + 2)
     return TaskData(task, model, params, train_rows, eval_rows, eval_prompts, sft_eval)
+
+
+# ---- sampling-based metrics of a policy on the task -----------------------------------------------------
+
+
+def sampled_gold_reward(task: GoldTask, model, params, prompts: np.ndarray, *, seed: int = 0, temperature: float = 1.0,
+                        prefix=()) -> dict:
+    """``{"gold_reward_greedy", "gold_reward_sampled", "rewards_sampled", "rewards_greedy"}`` on ``prompts``
+    (each preceded by ``prefix`` tokens, e.g. a goal token, which the gold reward does not see)."""
+    greedy = sample(task, model, params, prompts, greedy=True, seed=seed, prefix=prefix)
+    sampled = sample(task, model, params, prompts, temperature=temperature, seed=seed, prefix=prefix)
+    r_greedy = [task.gold_reward(p, s[0]) for p, s in zip(prompts, greedy)]
+    r_sampled = [task.gold_reward(p, s[0]) for p, s in zip(prompts, sampled)]
+    return {"gold_reward_greedy": float(np.mean(r_greedy)), "gold_reward_sampled": float(np.mean(r_sampled)),
+            "rewards_sampled": r_sampled, "rewards_greedy": r_greedy}
+
+
+def sampled_kl(task: GoldTask, model, params, ref_params, prompts: np.ndarray, *, seed: int = 0,
+               num_samples: int = 1, prefix=()) -> float:
+    """Monte-Carlo ``KL(pi || pi_ref)``: mean of ``log pi(y|x) - log pi_ref(y|x)`` over ``y ~ pi`` (temperature 1),
+    an unbiased estimate, so reward gains bought with collapse show up. ``prefix`` (a goal token) conditions the
+    policy only: the divergence of what is deployed from ``pi_ref``."""
+    from jaxpref.eval.metrics import response_logprobs
+
+    # Score exactly what was sampled (EOS included when emitted; a response cut at max_new_tokens has none).
+    samples = sample(task, model, params, prompts, num_samples=num_samples, seed=seed, keep_eos=True, prefix=prefix)
+    flat_prompts = [list(p) for p, ss in zip(prompts, samples) for _ in ss]
+    flat = [s for ss in samples for s in ss]
+    pol = response_logprobs(model, params, [[BOS] + list(prefix) + p for p in flat_prompts], flat)
+    ref = response_logprobs(model, ref_params, [[BOS] + p for p in flat_prompts], flat)
+    return float(np.mean(pol - ref))
