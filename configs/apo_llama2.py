@@ -13,6 +13,7 @@ from jaxpref.configs_base import dpo_7b_config
 
 def get_config():
     c = dpo_7b_config(hf_dir="/models/Llama-2-7b-sft", tokenizer_path="/models/Llama-2-7b-sft")
+    c.model.preset = "llama2_7b"  # the architecture `python -m jaxpref.aot` compiles when hf_dir is not on the host
     c.algorithm = "apo"
     c.reference.mode = "frozen"  # policy samples are new each round: no precomputed reference
     c.data.max_length = 512

@@ -8,4 +8,6 @@ from jaxpref.configs_base import dpo_7b_config
 
 
 def get_config():
-    return dpo_7b_config(hf_dir="/models/Llama-2-7b-hf", tokenizer_path="/models/Llama-2-7b-hf")
+    c = dpo_7b_config(hf_dir="/models/Llama-2-7b-hf", tokenizer_path="/models/Llama-2-7b-hf")
+    c.model.preset = "llama2_7b"  # the architecture `python -m jaxpref.aot` compiles when hf_dir is not on the host
+    return c

@@ -8,4 +8,6 @@ from jaxpref.configs_base import dpo_7b_config
 
 
 def get_config():
-    return dpo_7b_config(hf_dir="/models/Mistral-7B-v0.1", tokenizer_path="/models/Mistral-7B-v0.1")
+    c = dpo_7b_config(hf_dir="/models/Mistral-7B-v0.1", tokenizer_path="/models/Mistral-7B-v0.1")
+    c.model.preset = "mistral_7b_v01"  # the architecture `python -m jaxpref.aot` compiles when hf_dir is not on the host
+    return c

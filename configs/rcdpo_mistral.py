@@ -16,6 +16,7 @@ from jaxpref.configs_base import dpo_7b_config
 
 def get_config():
     c = dpo_7b_config(hf_dir="/models/Mistral-7B-Instruct-v0.3", tokenizer_path="/models/Mistral-7B-Instruct-v0.3")
+    c.model.preset = "mistral_7b_instruct_v03"  # the architecture `python -m jaxpref.aot` compiles when hf_dir is not on the host
     c.algorithm = "reward_conditioned"
     c.seed = 42
     c.data.train_path = "/data/ultrafeedback_binarized/train.jsonl"  # scored pairs; a clear error if missing

@@ -63,25 +63,9 @@ def main(argv) -> int:
     return 0
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with a bad ``--config.*`` override (a misspelt key, a value of the wrong type) as one
-    ``error:`` line and exit status 2 instead of a traceback."""
-    try:
-        return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-        from jaxpref.configs_base import unknown_key_message
-
-        message = None
-        for arg in argv[1:]:
-            if arg.startswith("--config."):
-                message = unknown_key_message(arg[len("--config."):].split("=", 1)[0])
-                if message:
-                    break
-        print(f"error: {message or str(e).strip().splitlines()[0]}", file=sys.stderr)
-        sys.exit(2)
-
-
 def entry() -> None:
+    from jaxpref.cli import parse_flags
+
     app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
 
 

@@ -195,6 +195,36 @@ def test_one_game_changes_both_states_and_resumes_mid_round(tiny_apo, tmp_path, 
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
     assert (json.loads((tmp_path / "resumed" / "round_1" / "policy_pairs.json").read_text())
             == json.loads((tmp_path / "full" / "round_1" / "policy_pairs.json").read_text()))
+    # SIGTERM inside round 0's reward-model training: the RM phase saves and stops, nothing downstream runs on the
+    # half-trained RM (no policy pairs, no round checkpoint), and the re-run equals the uninterrupted game
+    import signal
+
+    from jaxpref import errors
+    from jaxpref.train import preemption
+    from jaxpref.train import trainer as trainer_mod
+
+    original_fit = trainer_mod.Trainer.fit
+
+    def sigterm_in_rm(self, *a, **k):
+        if self.workdir.endswith(os.path.join("round_0", "rm")):
+            k["on_step"] = lambda step, m: os.kill(os.getpid(), signal.SIGTERM) if step == 1 else None
+        return original_fit(self, *a, **k)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "fit", sigterm_in_rm)
+    previous = preemption.handle_signals()
+    try:
+        with pytest.raises(errors.Preempted, match="reward-model training"):
+            run_algorithm(cfg, str(tmp_path / "sigterm"), task_data=td)
+    finally:
+        preemption.restore_signals(previous)
+        preemption.clear()
+    monkeypatch.setattr(trainer_mod.Trainer, "fit", original_fit)
+    assert not (tmp_path / "sigterm" / "round_0" / "policy_pairs.json").exists()
+    assert not (tmp_path / "sigterm" / "checkpoints" / "0").exists()
+    again, _ = run_algorithm(cfg, str(tmp_path / "sigterm"), task_data=td)
+    for a, b in zip(again["rounds"], full["rounds"]):
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
 
 
 def test_standalone_reward_model_and_apo_on_real_text(tmp_path):
@@ -221,3 +251,48 @@ def test_standalone_reward_model_and_apo_on_real_text(tmp_path):
     cfg.apo.golden_field = "golden"
     with pytest.raises(D.DataError, match="golden"):
         run(cfg, str(tmp_path / "apo2"), progress=False)
+
+
+@pytest.mark.parametrize("rank_weight,apo_weight", [(1.0, 0.1), (1.0, 1.0), (0.0, 1.0), (1.0, 0.0)])
+def test_training_weights_reduce_to_the_apo_objective(rank_weight, apo_weight):
+    """The RM trains with per-pair weights ``rm_weights`` and the step's ``sum w l / sum w``; over all pairs this is
+    exactly ``adversarial_rm_loss / (rank_weight + apo_weight)`` (the objective up to a constant)."""
+    from jaxpref.algorithms.reward_model import ADVERSARIAL, HUMAN, rm_weights
+
+    rng = np.random.default_rng(0)
+    groups = np.array([HUMAN] * 7 + [ADVERSARIAL] * 12)
+    chosen, rejected = rng.normal(size=19), rng.normal(size=19)
+    w = rm_weights(groups, rank_weight=rank_weight, apo_weight=apo_weight)
+    losses = np.asarray(adversarial_rm_pair_losses(chosen, rejected, groups == ADVERSARIAL))
+    trained = float(np.sum(w * losses) / np.sum(w))
+    objective = float(adversarial_rm_loss(chosen, rejected, groups == ADVERSARIAL, rank_weight=rank_weight,
+                                          apo_weight=apo_weight, samples_per_prompt=4))
+    active = (rank_weight if (groups == HUMAN).any() else 0) + (apo_weight if (groups == ADVERSARIAL).any() else 0)
+    assert trained * active == pytest.approx(objective, rel=1e-6)
+    if apo_weight == 0:
+        assert (w[groups == ADVERSARIAL] == 0).all()  # the base RM: same batches, adversarial pairs weigh nothing
+
+
+def test_policy_pairs_take_the_best_and_worst_scored_samples(monkeypatch):
+    """APO's policy step pairs the RM's highest-scored sample (chosen) with its lowest (rejected)."""
+    from types import SimpleNamespace
+
+    from jaxpref.algorithms import apo
+
+    tok = D.load_tokenizer("int:32")
+    opts = D.TokenizeOptions(max_length=24, max_prompt_length=8)
+    value = {" 5": 0.2, " 6": 0.9, " 7": -0.4, " 8": 0.1}  # the fake RM's score of each response
+
+    def pair_logps(params, pairs):
+        text = lambda ids: " " + " ".join(str(int(t)) for t in ids if int(t) != tok.eos_id)  # noqa: E731
+        return (np.array([value[text(p.chosen_ids)] for p in pairs]),
+                np.array([value[text(p.rejected_ids)] for p in pairs]))
+
+    rm = SimpleNamespace(tokenizer=tok, tok_options=opts, state=SimpleNamespace(params=None), pair_logps=pair_logps)
+    game = object.__new__(apo.Game)
+    game.cfg = _tiny_apo_cfg()
+    game.policy_prompts = [{"id": "p", "prompt": "3 4"}]
+    monkeypatch.setattr(game, "_sample", lambda *a, **k: [[" 5", " 6", " 7", " 8"]], raising=False)
+    (row,) = game.policy_rows(None, rm, 0)
+    assert (row["chosen"], row["rejected"]) == (" 6", " 7")
+    assert (row["rm_best"], row["rm_worst"]) == pytest.approx((0.9, -0.4))

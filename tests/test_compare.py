@@ -61,3 +61,19 @@ def test_specs_with_different_tasks_are_refused():
     b.task.num_pair_prompts = 7
     with pytest.raises(ValueError, match="share one task"):
         C._check_same_task({"a": a, "b": b})
+
+
+def test_stored_runs_are_reused_only_for_the_same_config_and_commit():
+    import os
+
+    from jaxpref.configs_base import config_to_dict, load_config_file
+
+    cfg = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "dpo_synthetic.py"))
+    run_cfg = C._run_config(cfg, 1, 0.2)
+    stored = {"config": {"resolved": config_to_dict(run_cfg), "git_commit": "abc"}}
+    assert C.stale_reason(stored, run_cfg, commit="abc") is None
+    assert "commit" in C.stale_reason(stored, run_cfg, commit="def")
+    assert C.stale_reason(stored, run_cfg, commit=None) is None
+    other = C._run_config(cfg, 1, 0.4)
+    assert "config.data.flip_rate" in C.stale_reason(stored, other, commit="abc")
+    assert C.stale_reason({"gold_reward": 0.5}, run_cfg, commit="abc") == "it records no config"

@@ -85,10 +85,23 @@ def test_one_round_keeps_discards_and_resamples_as_the_weights_say(tiny_task, tm
     assert summary["num_flipped"] == sum(r["flipped"] for r in rows) == round(0.25 * len(rows))
 
 
-def test_resume_mid_round_reproduces_the_uninterrupted_run(tiny_task, tmp_path, monkeypatch):
-    cfg, td, rows = tiny_task
-    full, p_full = run_algorithm(cfg, str(tmp_path / "full"), task_data=td)
+@pytest.fixture(scope="module")
+def full_run(tiny_task, tmp_path_factory):
+    cfg, td, _ = tiny_task
+    return run_algorithm(cfg, str(tmp_path_factory.mktemp("ropo_full")), task_data=td)
 
+
+def _same_run(resumed, p_res, full, p_full):
+    assert [r["kept_ids"] for r in resumed["rounds"]] == [r["kept_ids"] for r in full["rounds"]]
+    assert [r["discarded_ids"] for r in resumed["rounds"]] == [r["discarded_ids"] for r in full["rounds"]]
+    assert [r["new_ids"] for r in resumed["rounds"]] == [r["new_ids"] for r in full["rounds"]]
+    for a, b in zip(jax.tree_util.tree_leaves(p_res), jax.tree_util.tree_leaves(p_full)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_mid_round_reproduces_the_uninterrupted_run(tiny_task, full_run, tmp_path, monkeypatch):
+    cfg, td, rows = tiny_task
+    full, p_full = full_run
     original_fit = trainer_mod.Trainer.fit
 
     def killed_in_round_1(self, *a, **k):
@@ -103,9 +116,41 @@ def test_resume_mid_round_reproduces_the_uninterrupted_run(tiny_task, tmp_path, 
     monkeypatch.setattr(trainer_mod.Trainer, "fit", original_fit)
     assert (tmp_path / "part" / "round_1" / "checkpoints").exists()
     resumed, p_res = run_algorithm(cfg, str(tmp_path / "part"), task_data=td)
-    assert [r["kept_ids"] for r in resumed["rounds"]] == [r["kept_ids"] for r in full["rounds"]]
-    for a, b in zip(jax.tree_util.tree_leaves(p_res), jax.tree_util.tree_leaves(p_full)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    _same_run(resumed, p_res, full, p_full)
+
+
+def test_sigterm_in_round_0_writes_no_round_record_and_resumes_to_the_same_result(tiny_task, full_run, tmp_path,
+                                                                                    monkeypatch):
+    """SIGTERM during round 0's theta-step: the step finishes and is saved, no w-step runs on the half-trained
+    policy, no round.json is written, Preempted unwinds; the re-run equals the uninterrupted run."""
+    import os
+    import signal
+
+    from jaxpref import errors
+    from jaxpref.train import preemption
+
+    cfg, td, rows = tiny_task
+    full, p_full = full_run
+    original_fit = trainer_mod.Trainer.fit
+
+    def sigterm_at_step_2(self, *a, **k):
+        if self.workdir.endswith("round_0"):
+            k["on_step"] = lambda step, m: os.kill(os.getpid(), signal.SIGTERM) if step == 2 else None
+        return original_fit(self, *a, **k)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "fit", sigterm_at_step_2)
+    previous = preemption.handle_signals()
+    try:
+        with pytest.raises(errors.Preempted, match="round 1"):
+            run_algorithm(cfg, str(tmp_path / "run"), task_data=td)
+    finally:
+        preemption.restore_signals(previous)
+        preemption.clear()
+    monkeypatch.setattr(trainer_mod.Trainer, "fit", original_fit)
+    assert not (tmp_path / "run" / "round_0" / "round.json").exists()
+    assert sorted(int(p.name) for p in (tmp_path / "run" / "round_0" / "checkpoints").iterdir() if p.name.isdigit())[-1] == 2
+    resumed, p_res = run_algorithm(cfg, str(tmp_path / "run"), task_data=td)
+    _same_run(resumed, p_res, full, p_full)
 
 
 def test_discarded_pairs_are_enriched_in_flips(tmp_path):
@@ -125,3 +170,29 @@ def test_discarded_pairs_are_enriched_in_flips(tmp_path):
     record = summary["rounds"][0]
     assert record["num_flagged"] == len(rows) - round(0.8 * len(rows))
     assert record["flag_precision"] >= 0.3, record
+
+
+def test_rejection_sampling_pairs_the_highest_and_lowest_implicit_reward(monkeypatch):
+    """The refilled pair of a discarded prompt is (most rewarded, least rewarded) candidate by the policy's implicit
+    reward beta * (log pi - log pi_0) -- swapping best and worst fails here."""
+    from types import SimpleNamespace
+
+    from jaxpref.algorithms import sampling as Sm
+
+    tok = D.load_tokenizer("int:32")
+    opts = D.TokenizeOptions(max_length=24, max_prompt_length=8)
+    logp = {" 5": -1.0, " 6": -3.0, " 7": -0.5, " 8": -2.0}  # policy log-probs; the reference's are all -2
+    text = lambda ids: " " + " ".join(str(int(t)) for t in ids if int(t) != tok.eos_id)  # noqa: E731
+
+    def pair_logps(params, pairs, with_reference=False):
+        pol = (np.array([logp[text(p.chosen_ids)] for p in pairs]), np.array([logp[text(p.rejected_ids)] for p in pairs]))
+        ref = (np.full(len(pairs), -2.0), np.full(len(pairs), -2.0))
+        return (pol, ref) if with_reference else pol
+
+    runtime = SimpleNamespace(tokenizer=tok, tok_options=opts)
+    trainer = SimpleNamespace(runtime=runtime, label="t", pair_logps=pair_logps)
+    monkeypatch.setattr(Sm, "sample_responses", lambda *a, **k: [[" 5", " 6", " 7"]])
+    rcfg = SimpleNamespace(num_candidates=3, max_new_tokens=4, temperature=1.0, top_p=1.0, include_originals=True)
+    rows = [{"id": "r", "prompt": "3 4", "chosen": " 8", "rejected": " 6"}]
+    (new,) = ropo.rejection_sample(trainer, None, rows, round_index=0, rcfg=rcfg, beta=0.1, seed=0)
+    assert (new["chosen"], new["rejected"]) == (" 7", " 6") and new["id"] == "r/rs0"

@@ -46,9 +46,44 @@ def _check_same_task(variants: dict) -> None:
         raise ValueError(f"variants must share one task section to share SFT data; they differ: {sorted(tasks)}")
 
 
+def stale_reason(stored: dict, cfg, *, commit: str | None) -> str | None:
+    """Why a stored run's ``results.json`` cannot stand for ``cfg`` (the run's config with seed, flip rate and
+    task set) at git ``commit``: it records no config, another config (the first changed keys), or another
+    commit. None when it can be reused."""
+    from jaxpref.configs_base import changed_keys, config_to_dict
+
+    record = stored.get("config") or {}
+    if "resolved" not in record:
+        return "it records no config"
+    changed = changed_keys(record["resolved"], config_to_dict(cfg))
+    if changed:
+        return "its config differs (" + ", ".join(f"config.{k}" for k in changed[:4]) + ")"
+    if commit is not None and record.get("git_commit") != commit:
+        return f"it was produced by commit {record.get('git_commit', '?')[:10]}, not {commit[:10]}"
+    return None
+
+
+def _run_config(cfg, seed: int, rate: float):
+    """The config :func:`jaxpref.eval.experiment.run_one` runs for ``(seed, rate)``."""
+    out = cfg.copy_and_resolve_references()
+    out.seed, out.data.flip_rate, out.task.name = seed, rate, "gold"
+    return out
+
+
 def run_comparison(variants: dict, flip_rates, seeds, out_dir: str, *, progress: bool = False,
-                   metrics=DEFAULT_METRICS, title: str = "") -> dict:
-    """Run every ``(variant, flip rate, seed)``; return ``{"runs": {variant: [result...]}, "summary": ...}``."""
+                   metrics=DEFAULT_METRICS, title: str = "", rerun_stale: bool = False,
+                   any_commit: bool = False) -> dict:
+    """Run every ``(variant, flip rate, seed)``; return ``{"runs": {variant: [result...]}, "summary": ...}``.
+
+    A run whose ``results.json`` exists is reused only when it records the same resolved config and git commit
+    (``any_commit`` skips the commit check); otherwise it is refused with a :class:`~jaxpref.errors.UserError`,
+    or re-run from scratch with ``rerun_stale``."""
+    import shutil
+
+    from jaxpref.errors import UserError
+    from jaxpref.pipeline import _config_record
+
+    commit = None if any_commit else (_config_record(next(iter(variants.values())))["git_commit"] or None)
     _check_same_task(variants)
     os.makedirs(out_dir, exist_ok=True)
     runs: dict[str, list[dict]] = {name: [] for name in variants}
@@ -61,10 +96,18 @@ def run_comparison(variants: dict, flip_rates, seeds, out_dir: str, *, progress:
             for rate in flip_rates:
                 workdir = os.path.join(out_dir, name, f"flip{rate}_seed{seed}")
                 done = os.path.join(workdir, "results.json")
+                r = None
                 if os.path.exists(done):
                     with open(done) as f:
                         r = json.load(f)
-                else:
+                    reason = stale_reason(r, _run_config(cfg, seed, rate), commit=commit)
+                    if reason and not rerun_stale:
+                        raise UserError(f"{done} cannot be reused: {reason}. Pass --rerun_stale to run it again "
+                                        "(or --any_commit to accept runs of other commits).")
+                    if reason:
+                        shutil.rmtree(workdir)
+                        r = None
+                if r is None:
                     if td is None:
                         td = build_task_data(any_cfg, seed, progress=progress)
                     r = E.run_one(cfg, td, rate, seed, workdir, progress=progress)
@@ -183,6 +226,8 @@ def main(argv=None) -> int:
     rates = flags.DEFINE_list("flip_rates", None, "override the spec's FLIP_RATES")
     seeds = flags.DEFINE_list("seeds", None, "override the spec's SEEDS")
     only = flags.DEFINE_list("variants", None, "run only these variants")
+    rerun = flags.DEFINE_bool("rerun_stale", False, "re-run stored runs whose config or commit differ")
+    any_commit = flags.DEFINE_bool("any_commit", False, "reuse stored runs of the same config from other commits")
 
     def _main(_):
         from absl import logging as absl_logging
@@ -198,7 +243,7 @@ def main(argv=None) -> int:
         flip_rates = [float(r) for r in rates.value] if rates.value else list(getattr(spec, "FLIP_RATES", (0.0, 0.2, 0.4)))
         seed_list = [int(s) for s in seeds.value] if seeds.value else list(getattr(spec, "SEEDS", (0, 1, 2)))
         run_comparison(variants, flip_rates, seed_list, out.value, metrics=getattr(spec, "METRICS", DEFAULT_METRICS),
-                       title=getattr(spec, "TITLE", ""))
+                       title=getattr(spec, "TITLE", ""), rerun_stale=rerun.value, any_commit=any_commit.value)
         print(f"wrote {out.value}/results.json, table.md and plot.png")
 
     app.run(_main, argv=argv or sys.argv)

@@ -68,17 +68,27 @@ class ReferenceCache:
         *global* batch (so every host fills the whole table).
         """
         if os.path.exists(self.path):
-            with np.load(self.path) as f:
-                self.hit = True
-                log.info("reference log-probs: cache hit %s", self.path)
-                return f["chosen"], f["rejected"]
+            try:
+                with np.load(self.path) as f:
+                    chosen, rejected = f["chosen"], f["rejected"]
+                if chosen.shape == rejected.shape == (self.num_pairs,):
+                    self.hit = True
+                    log.info("reference log-probs: cache hit %s", self.path)
+                    return chosen, rejected
+                log.warning("reference log-probs: %s holds %s values for %d pairs; recomputing", self.path,
+                            chosen.shape, self.num_pairs)
+            except (OSError, ValueError, KeyError, EOFError) as e:
+                log.warning("reference log-probs: %s is unreadable (%s); recomputing", self.path, e)
         chosen = np.zeros(self.num_pairs, np.float32)
         rejected = np.zeros(self.num_pairs, np.float32)
         done = np.zeros(self.num_pairs, bool)
         if os.path.exists(self.partial_path):
-            with np.load(self.partial_path) as f:
-                chosen, rejected, done = f["chosen"], f["rejected"], f["done"]
-            log.info("reference log-probs: resuming, %d of %d done", int(done.sum()), self.num_pairs)
+            try:
+                with np.load(self.partial_path) as f:
+                    chosen, rejected, done = f["chosen"], f["rejected"], f["done"]
+                log.info("reference log-probs: resuming, %d of %d done", int(done.sum()), self.num_pairs)
+            except (OSError, ValueError, KeyError, EOFError) as e:  # a torn file from a killed run: start over
+                log.warning("reference log-probs: ignoring the unreadable partial file %s (%s)", self.partial_path, e)
         from tqdm.auto import tqdm
 
         plan = batcher.epoch_plan(0)
@@ -88,8 +98,10 @@ class ReferenceCache:
             c, r, idx = logps_fn(batcher.make_batch(indices))
             real = idx >= 0
             chosen[idx[real]], rejected[idx[real]], done[idx[real]] = c[real], r[real], True
-            if n % save_every == 0:
-                np.savez(self.partial_path, chosen=chosen, rejected=rejected, done=done)
+            if n % save_every == 0:  # written aside and renamed, so a kill never leaves a torn file
+                tmp = self.partial_path + ".tmp.npz"
+                np.savez(tmp, chosen=chosen, rejected=rejected, done=done)
+                os.replace(tmp, self.partial_path)
         if not done.all():
             raise RuntimeError(f"reference precompute left {int((~done).sum())} pairs without log-probs")
         tmp = self.path + ".tmp.npz"

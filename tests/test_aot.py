@@ -1,0 +1,47 @@
+"""``python -m jaxpref.aot``: every program of a run compiled for a TPU topology on this CPU host (libtpu)."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
+                                reason="libtpu (the TPU compiler) is not installed: pip install -e '.[aot]'")
+
+
+def _aot(*args):
+    return subprocess.run([sys.executable, "-m", "jaxpref.aot", "--quiet", *args], capture_output=True, text=True,
+                          timeout=900, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_tiny_run_compiles_for_v5e_2x2_and_fits():
+    out = _aot("--config=configs/dpo_tiny.py", "--topology=v5e:2x2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = out.stdout
+    for program in ("accumulate", "apply", "evaluate"):
+        row = next(line for line in table.splitlines() if line.startswith(program))
+        assert " yes " in row and "/ 15.75 GiB" in row, row
+    assert "estimates" in table  # time and MFU are labelled as XLA's estimates
+
+
+def test_ropo_and_apo_compile_their_samplers_and_reward_model():
+    out = _aot("--config=configs/apo_tiny.py", "--topology=v5e:2x2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    names = [line.split()[0] + (" " + line.split()[1] if line.startswith("rm ") else "") for line in
+             out.stdout.splitlines() if line[:3] in ("acc", "app", "eva", "sam", "rm ")]
+    assert names == ["accumulate", "apply", "evaluate", "rm accumulate", "rm apply", "rm evaluate", "sampler"], names
+
+
+def test_an_oversized_run_is_reported_as_not_fitting():
+    big = ["--config.model.overrides.hidden_size=8192", "--config.model.overrides.intermediate_size=32768",
+           "--config.model.overrides.num_attention_heads=64", "--config.model.overrides.num_key_value_heads=8"]
+    out = _aot("--config=configs/dpo_tiny.py", "--topology=v5e:2x2", *big)
+    assert out.returncode == 1, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out.stderr[-3000:]
+    assert "GiB per chip on v5e:2x2" in errors[0] and "15.75 GiB are usable" in errors[0]
+    assert "pairs_per_batch" in errors[0] and "Traceback" not in out.stderr
+    assert " NO " in out.stdout
