@@ -121,14 +121,22 @@ def _lower_sampler(runtime, cfg, max_new_tokens: int, S):
                                max_new_tokens=int(max_new_tokens), greedy=False, top_k=0, eos_ids=(2,), pad_id=0)
 
 
-def compile_all(cfg, topology: str, *, progress: bool = True):
-    """Compile every program of ``cfg`` for ``topology``: a list of :class:`jaxpref.aot_support.ProgramReport`."""
+def compile_all(cfg, topology: str, *, programs=None, progress: bool = True):
+    """Compile every program of ``cfg`` (or those named in ``programs``) for ``topology``: a list of
+    :class:`jaxpref.aot_support.ProgramReport`."""
     from jaxpref import aot_support as A
 
     devices = A.topology_devices(topology)
     hbm = A.usable_hbm_bytes(devices)
     reports = []
-    for name, lowered in lowered_programs(cfg, devices):
+    lowered_all = lowered_programs(cfg, devices)
+    if programs:
+        unknown = set(programs) - {name for name, _ in lowered_all}
+        if unknown:
+            raise UserError(f"--programs: {sorted(unknown)} are not programs of {cfg.algorithm}; it has "
+                            f"{[name for name, _ in lowered_all]}.")
+        lowered_all = [(n, low) for n, low in lowered_all if n in programs]
+    for name, lowered in lowered_all:
         if progress:
             print(f"[{topology}] compiling {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
@@ -164,6 +172,7 @@ def main(argv=None) -> int:
 
     config = config_flags.DEFINE_config_file("config", None, "config file (configs/*.py)", lock_config=False)
     topologies = flags.DEFINE_list("topology", ["v5e:2x2"], "TPU topologies, e.g. v5e:4x4,v4:2x2x4,v5p:2x2x2")
+    programs = flags.DEFINE_list("programs", None, "compile only these programs (e.g. accumulate,sampler)")
     quiet = flags.DEFINE_bool("quiet", False, "no progress lines")
 
     def _main(_):
@@ -179,7 +188,7 @@ def main(argv=None) -> int:
             cfg = aot_config(cfg)
             failures = []
             for topology in topologies.value:
-                reports = compile_all(cfg, topology, progress=not quiet.value)
+                reports = compile_all(cfg, topology, programs=programs.value, progress=not quiet.value)
                 print(f"\n{cfg.algorithm} on {topology} ({len(reports)} programs; per chip; times and MFU are XLA "
                       "cost-model estimates, not measurements)")
                 print(A.format_table(reports))

@@ -35,9 +35,10 @@ def run(cfg, workdir: str, *, task_data=None, progress: bool = True, allow_confi
     from jaxpref.algorithms import ALGORITHMS
     from jaxpref.train.logging import write_results
     from jaxpref import workdir as W
-    from jaxpref.train.runtime import Runtime, model_dir
+    from jaxpref.train.runtime import Runtime, maybe_initialize_distributed, model_dir
 
     validate(cfg)
+    maybe_initialize_distributed(cfg)  # before anything touches a JAX backend (the workdir lock asks for the process index)
     _check_writable(workdir)
     with W.claim(workdir):
         resuming = check_resume(workdir, cfg, allow_changes=allow_config_changes) is not None

@@ -101,7 +101,7 @@ def fit(steps: StepFns, state, batches: Iterator[Batch], *, target: int, ref_par
                 state = state if replaced is None else replaced
             if hooks.save is not None and save_every and step % save_every == 0:
                 hooks.save(state, step)
-            if preemption.requested():
+            if preemption.requested(step):
                 status = "preempted"
                 break
         if hooks.save is not None:

@@ -1,6 +1,7 @@
 """Preemption: SIGTERM/SIGINT anywhere in a run saves what is needed and stops with a distinct exit status.
 
-The CLI installs :func:`handle_signals` for the whole run. A signal only sets a flag; the training loop
+The CLI installs :func:`handle_signals` for the whole run (single-process runs; a multi-process run uses
+JAX's preemption sync point instead, see :func:`requested`). A signal only sets a flag; the training loop
 checks it after every optimizer step (saves a checkpoint, returns ``status="preempted"``), and the
 algorithms call :func:`raise_if_requested` between phases (a ROPO w-step, rejection sampling, an APO
 phase), so no round or phase marker is ever written for unfinished work. :class:`jaxpref.errors.Preempted`
@@ -39,7 +40,20 @@ def restore_signals(previous: dict) -> None:
         signal.signal(s, h)
 
 
-def requested() -> bool:
+def requested(step: int | None = None) -> bool:
+    """Whether to stop after this step. Multi-process runs must stop at the *same* step on every host, so there
+    (``step`` given) the answer is JAX's preemption sync point: ``jax.distributed.initialize`` installs its own
+    SIGTERM handler, and every process learns of a signal received by any of them at one agreed step."""
+    if step is not None:
+        import jax
+
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            try:
+                return bool(multihost_utils.reached_preemption_sync_point(step))
+            except RuntimeError:  # the coordination service runs without a preemption sync manager
+                return bool(_requested)
     return bool(_requested)
 
 
