@@ -116,8 +116,9 @@ def _lower_sampler(runtime, cfg, max_new_tokens: int, S):
                                    sharding=S.batch_sharding(runtime.mesh, 2))
     rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=S.replicated(runtime.mesh))
     scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=S.replicated(runtime.mesh))
+    params = runtime.abstract_model_params()  # the full model (merged when LoRA); outside the rules context
     with S.activation_rules(runtime.mesh):
-        return _generate.lower(runtime.abstract_params(), prompts, prompts, rng, scalar, scalar, model=runtime.model,
+        return _generate.lower(params, prompts, prompts, rng, scalar, scalar, model=runtime.model,
                                max_new_tokens=int(max_new_tokens), greedy=False, top_k=0, eos_ids=(2,), pad_id=0)
 
 

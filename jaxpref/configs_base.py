@@ -99,6 +99,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.discopop_tau = 0.05
     c.loss.reference_free = False
 
+    c.lora = lora_config()
+
     c.reference = ml_collections.ConfigDict()
     c.reference.mode = "frozen"  # frozen (reference forward every step) | cached (precomputed once, on disk)
     c.reference.cache_dir = ""  # default <workdir>/ref_cache; per host, keyed by a fingerprint
@@ -125,6 +127,22 @@ def base_config() -> ml_collections.ConfigDict:
     c.export = ml_collections.ConfigDict()
     c.export.hf = True  # write <workdir>/hf_export as a Hugging Face directory at the end
     return c
+
+
+def lora_config() -> ml_collections.ConfigDict:
+    """``config.lora``: low-rank adapters (see ``jaxpref/models/lora.py``). With ``rank > 0`` only the adapters
+    train (plus a reward model's scalar head, ``train_score_head``); the base weights stay frozen in
+    ``model.param_dtype`` and, with adapters off, are the DPO/ROPO reference -- one copy of the weights.
+    Checkpoints hold the adapters and their optimizer state; ``hf_export/`` is the merged model and
+    ``hf_adapter/`` a PEFT adapter directory. Names and defaults are PEFT's ``LoraConfig``'s."""
+    lo = ml_collections.ConfigDict()
+    lo.rank = 0  # r; 0 = off (full fine-tuning: every weight trains)
+    lo.alpha = 8.0  # lora_alpha: the update is scaled by alpha / rank
+    lo.dropout = 0.0  # lora_dropout on the adapter input, during training steps only
+    # PEFT module names among q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj (PEFT's Llama default: q, v)
+    lo.target_modules = ("q_proj", "v_proj")
+    lo.train_score_head = True  # reward models: the scalar head trains with the adapters (False: it stays at its init)
+    return lo
 
 
 def ropo_config() -> ml_collections.ConfigDict:
@@ -281,6 +299,8 @@ def ropo_7b_config(hf_dir: str, tokenizer_path: str) -> ml_collections.ConfigDic
 # ---- validation ------------------------------------------------------------------------------------------
 
 ALGORITHM_NAMES = ("dpo", "ropo", "reward_conditioned", "apo", "reward_model")
+# jaxpref.models.lora.TARGETS (not imported: the schema stays free of model code)
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _PROBABILITY = (0.0, 1.0)
 
 
@@ -342,6 +362,11 @@ CONSTRAINTS = {
     "loss.label_smoothing": _in_range(0.0, 1.0),
     "loss.discopop_tau": _above(0.0),
     "reference.mode": _choice("frozen", "cached"),
+    "lora.rank": _at_least(0),
+    "lora.alpha": _above(0.0),
+    "lora.dropout": _in_range(0.0, 1.0),
+    "lora.target_modules": ((lambda v: len(v) > 0 and len(set(v)) == len(v) and set(v) <= set(LORA_TARGETS)),
+                            f"a non-empty list of distinct names among {', '.join(LORA_TARGETS)}"),
     "mesh.data": _at_least(1),
     "mesh.fsdp": ((lambda v: v == -1 or v >= 1), "-1 (all remaining devices) or >= 1"),
     "mesh.tensor": _at_least(1),
@@ -459,6 +484,7 @@ def validate(cfg, schema: ml_collections.ConfigDict | None = None) -> None:
 
 # Keys that may change between a run and its resumption without changing what is trained: how long
 # (extending num_steps / num_epochs), logging and checkpoint cadence, where things run and what is exported.
+# (config.lora.* is not among them: a LoRA checkpoint holds adapters of one rank and set of target modules.)
 RESUMABLE_CHANGES = (
     "train.num_steps", "train.num_epochs", "train.log_every", "train.eval_every", "train.save_every",
     "train.keep_checkpoints", "train.async_checkpointing",

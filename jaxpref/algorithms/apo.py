@@ -23,7 +23,10 @@ A **round** ``t = 1..T`` (phases, each resumable):
 
 Two :class:`jaxpref.train.TrainState` s live in one program, each with its own optimizer, schedule and
 sharding (the policy's from ``config.train``, the RM's from ``config.reward_model.train`` overlaid on it),
-on two runtimes that share the mesh and tokenizer (:meth:`Runtime.reward_model`). At the end of
+on two runtimes that share the mesh and tokenizer (:meth:`Runtime.reward_model`). With LoRA
+(``config.lora.rank > 0``) the two states are two adapter sets (the RM's with its head), each with its own
+optimizer, on *one* placed copy of the SFT weights: the policy's frozen base, whose decoder arrays (without
+``lm_head``) are also the RM's frozen backbone; the policy's reference is that base with adapters off. At the end of
 every round one orbax checkpoint (``<workdir>/checkpoints``) holds **both** states with the round and
 phase; inside a round, each phase's trainer checkpoints itself and the sample files are reused, so a run
 killed anywhere continues to the same result (tested).
@@ -50,7 +53,7 @@ from jaxpref.losses import dpo_loss
 from jaxpref.tasks import TaskInputs
 from jaxpref.train import preemption
 from jaxpref.train.checkpoint import Checkpointer, abstract_with_shardings
-from jaxpref.train.export import export_hf
+from jaxpref.train.export import export_trained
 from jaxpref.train.runtime import Runtime, host_tree
 from jaxpref.train.trainer import Trainer, require_done
 
@@ -134,10 +137,12 @@ class Game:
             raise ConfigError("APO needs prompts with golden answers and policy prompts; the task supplied none.")
         self.cfg, self.workdir, self.progress = cfg, workdir, progress
         self.runtime, self.rm_runtime = runtime, runtime.reward_model()
-        self.sft_params = inputs.params
+        # the SFT weights: start, reference and the RM's base (with LoRA placed once; the RM's backbone is the same
+        # device arrays, so both models' frozen weights are one copy)
+        self.sft_params = runtime.share_base(inputs.params)
         self.human_rows, self.rm_prompts, self.policy_prompts = list(inputs.rows), inputs.rm_prompts, inputs.policy_prompts
         self.rm_eval_rows, self.golden_eval, self.evaluate_policy = inputs.eval_rows, inputs.golden_eval, inputs.evaluate
-        self.rm_base = self.rm_runtime.reward_params_from(inputs.params)
+        self.rm_base = self.rm_runtime.reward_params_from(self.sft_params)
         self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1, async_save=False)
 
     def _label(self, r: int, what: str) -> str:
@@ -165,13 +170,15 @@ class Game:
                                       tag=f"adv{round_index}", label=self._label(round_index, "RM samples"))
 
     def rm_trainer(self, round_index: int, adversarial: list[dict], previous_rm_params=None) -> Trainer:
+        """The round's RM session; ``previous_rm_params``: the last round's RM train-state params (continued from
+        unless ``apo.rm_reinit``)."""
         a = self.cfg.apo
         rows = self.human_rows + adversarial
         groups = [RMod.HUMAN] * len(self.human_rows) + [RMod.ADVERSARIAL] * len(adversarial)
         weights = RMod.rm_weights(groups, rank_weight=a.rank_weight, apo_weight=a.apo_weight)
-        start = self.rm_base if (a.rm_reinit or previous_rm_params is None) else previous_rm_params
-        return Trainer(self.rm_runtime, os.path.join(self.workdir, f"round_{round_index}", "rm"), rows, params=start,
-                       weights=weights, groups=groups, eval_rows=self.rm_eval_rows,
+        start = None if a.rm_reinit else previous_rm_params
+        return Trainer(self.rm_runtime, os.path.join(self.workdir, f"round_{round_index}", "rm"), rows,
+                       params=self.rm_base, trainable=start, weights=weights, groups=groups, eval_rows=self.rm_eval_rows,
                        pair_loss=RMod.rm_pair_loss(self.cfg.reward_model, a.form),
                        label=self._label(round_index, "reward model"), progress=self.progress)
 
@@ -197,18 +204,23 @@ class Game:
         return rows
 
     def policy_trainer(self, round_index: int, rows: list[dict], start_params) -> Trainer:
+        """The round's policy session from ``start_params`` (the last round's policy train-state params; None: the
+        SFT policy); the reference is the SFT policy."""
         return Trainer(self.runtime, os.path.join(self.workdir, f"round_{round_index}", "policy"), rows,
-                       params=start_params, reference_params=self.sft_params, pair_loss=policy_pair_loss(self.cfg),
+                       params=self.sft_params, trainable=start_params, pair_loss=policy_pair_loss(self.cfg),
                        train_cfg=policy_train_section(self.runtime, round_index),
                        label=self._label(round_index, "policy"), progress=self.progress)
 
     # -- metrics --
 
     def rm_metrics(self, rm: Trainer, policy_params, round_index: int) -> dict:
+        """RM accuracy on held-out human pairs and on golden-vs-sample pairs of ``policy_params`` (model params, or a
+        function returning them when needed)."""
         out = {}
         if self.rm_eval_rows is not None:
             out["rm_accuracy"] = rm.evaluate()["rewards/accuracies"]
         if self.golden_eval:
+            policy_params = policy_params() if callable(policy_params) else policy_params
             rows = self.golden_vs_samples(policy_params, self.golden_eval, seed=self.cfg.seed * 1009 + 7919 + round_index,
                                           tag="g", label=self._label(round_index, "RM evaluation samples"))
             if rows:
@@ -227,7 +239,7 @@ class Game:
         the round's saved pairs); returns ``(policy params, rm params, records)`` on the host."""
         rdir = os.path.join(self.workdir, f"round_{round_index}")
         rm = self.rm_trainer(round_index, _read_json(os.path.join(rdir, "adversarial.json")))
-        policy = self.policy_trainer(round_index, _read_json(os.path.join(rdir, "policy_pairs.json")), self.sft_params)
+        policy = self.policy_trainer(round_index, _read_json(os.path.join(rdir, "policy_pairs.json")), None)
         abstract = {"policy": abstract_with_shardings(policy.state, policy.shardings),
                     "rm": abstract_with_shardings(rm.state, rm.shardings)}
         states, meta, _ = self.checkpointer.restore(abstract, step=round_index)
@@ -237,8 +249,10 @@ class Game:
         return out
 
     def play(self) -> dict:
+        """Every round not done yet; returns the records and the final train-state params of both models (host
+        arrays; with LoRA the adapter trees)."""
         rounds = self.cfg.apo.rounds
-        policy_params, rm_params, records = self.sft_params, None, []
+        policy_params, rm_params, records = None, None, []  # train-state params; None = the SFT policy / a fresh RM
         done = self.checkpointer.latest_step()
         if done is not None:
             policy_params, rm_params, records = self._restore_round(done)
@@ -248,19 +262,20 @@ class Game:
             log.info("APO round %d/%d", r + 1, rounds)
             rdir = os.path.join(self.workdir, f"round_{r}")
             adv_path, pol_path = os.path.join(rdir, "adversarial.json"), os.path.join(rdir, "policy_pairs.json")
+            sampler = _Lazy(lambda p=policy_params: self.runtime.merge(self.sft_params, p))  # pi_{t-1}: model params
             # (1) adversarial pairs from pi_{t-1}
             if not os.path.exists(adv_path):
-                rows = self.adversarial_rows(policy_params, r)
+                rows = self.adversarial_rows(sampler(), r)
                 preemption.raise_if_requested(f"in APO round {r + 1} while sampling for the RM")
                 _write_json(adv_path, rows)
             adversarial = _read_json(adv_path)
             # (2) the RM (resumes from its own checkpoint inside the phase)
             rm = self.rm_trainer(r, adversarial, rm_params)
             require_done(rm.fit(), f"APO round {r + 1} reward-model training")
-            record = {"round": r + 1, "num_adversarial": len(adversarial), **self.rm_metrics(rm, policy_params, r)}
+            record = {"round": r + 1, "num_adversarial": len(adversarial), **self.rm_metrics(rm, sampler, r)}
             # (3) policy pairs scored by the new RM
             if not os.path.exists(pol_path):
-                rows = self.policy_rows(policy_params, rm, r)
+                rows = self.policy_rows(sampler(), rm, r)
                 preemption.raise_if_requested(f"in APO round {r + 1} while sampling for the policy")
                 _write_json(pol_path, rows)
             policy_rows = _read_json(pol_path)
@@ -272,7 +287,7 @@ class Game:
             record.update(num_policy_pairs=len(policy_rows),
                           rm_best_minus_worst=float(np.mean([p["rm_best"] - p["rm_worst"] for p in policy_rows])))
             if self.evaluate_policy is not None:
-                record.update(self.evaluate_policy(policy.state.params))
+                record.update(self.evaluate_policy(policy.merged_params()))
             records.append(record)
             self._save_round(r, policy, rm, records)
             log.info("APO round %d: %s", r + 1, {k: v for k, v in record.items() if isinstance(v, float)})
@@ -288,9 +303,25 @@ def train(runtime: Runtime, inputs: TaskInputs, workdir: str, *, progress: bool 
     game = Game(runtime, workdir, inputs, progress=progress)
     out = game.play()
     final = out["rounds"][-1] if out["rounds"] else {}
-    result = {"algorithm": "apo", "status": "done", "rounds": out["rounds"],
+    rm_counts = game.rm_runtime.param_counts()
+    result = {"algorithm": "apo", "status": "done", "rounds": out["rounds"], **runtime.param_counts(),
+              "rm_trainable_params": rm_counts["trainable_params"], "rm_total_params": rm_counts["total_params"],
               **{k: v for k, v in final.items() if k != "round"}}
     if runtime.cfg.export.hf:
-        result["hf_export"] = export_hf(runtime, out["policy_params"], os.path.join(workdir, "hf_export"))
-        result["hf_export_rm"] = export_hf(game.rm_runtime, out["rm_params"], os.path.join(workdir, "hf_export_rm"))
+        result.update(export_trained(runtime, game.sft_params, out["policy_params"], os.path.join(workdir, "hf_export"),
+                                     adapter_dir=os.path.join(workdir, "hf_adapter")))
+        result["hf_export_rm"] = export_trained(game.rm_runtime, game.rm_base, out["rm_params"],
+                                                os.path.join(workdir, "hf_export_rm"))["hf_export"]
     return result
+
+
+class _Lazy:
+    """A value computed on first call (a merged policy that a resumed phase may not need)."""
+
+    def __init__(self, fn):
+        self._fn, self._done, self._value = fn, False, None
+
+    def __call__(self):
+        if not self._done:
+            self._value, self._done = self._fn(), True
+        return self._value

@@ -9,8 +9,10 @@ r"""Reward-conditioned DPO: direct alignment on reward-augmented data (Zhang et 
 Scores come from the data (``score_chosen``/``score_rejected``, e.g. UltraFeedback's GPT-4 ratings) or, with
 ``reward_conditioned.scores = "implicit"``, from a DPO policy's implicit reward
 ``beta * (log pi(y|x) - log pi_ref(y|x))`` (the paper reports this works even better): a DPO pass on the
-original pairs (``<workdir>/implicit_dpo``, or ``implicit_policy_dir`` if given) scores every response, and
-the ``2N`` rewards map onto the scale by rank (:func:`rank_to_scale`). The original labels are kept.
+original pairs (``<workdir>/implicit_dpo``, or ``implicit_policy_dir`` if given: a HF model or a PEFT adapter
+directory) scores every response, and the ``2N`` rewards map onto the scale by rank (:func:`rank_to_scale`).
+The original labels are kept. With LoRA both passes train adapters on one placed base, and the implicit
+reward's reference is the base with the adapters off.
 
 Evaluation reports held-out preference accuracy twice: on the pairs as they are (unconditioned, the
 paper's protocol) and conditioned on the inference goal.
@@ -72,10 +74,7 @@ def implicit_scores(runtime: Runtime, rows, params, workdir: str, *, progress: b
                       label="reward-conditioned · implicit-score DPO", progress=progress)
     try:
         if rc.implicit_policy_dir:
-            from jaxpref import models as M
-
-            _, policy = M.from_pretrained(rc.implicit_policy_dir)
-            policy = runtime.place(policy)
+            policy = _load_implicit_policy(runtime, rc.implicit_policy_dir, params)
         else:
             require_done(trainer.fit(), "the implicit-score DPO pass")
             policy = trainer.state.params
@@ -91,6 +90,34 @@ def implicit_scores(runtime: Runtime, rows, params, workdir: str, *, progress: b
     if len(out) < len(rows):
         log.warning("implicit scores: %d of %d rows did not tokenize and were dropped", len(rows) - len(out), len(rows))
     return D.PreferenceDataset(out)
+
+
+def _load_implicit_policy(runtime: Runtime, policy_dir: str, params):
+    """``reward_conditioned.implicit_policy_dir`` as train-state params of ``runtime``, placed: a HF model directory
+    (full fine-tuning) or a PEFT adapter directory (``adapter_config.json``, e.g. a LoRA run's ``hf_adapter/``) on
+    the base ``params`` -- with LoRA only the latter, with the run's own ``config.lora`` settings."""
+    import jax
+
+    from jaxpref import models as M
+    from jaxpref.errors import ConfigError
+
+    key = "config.reward_conditioned.implicit_policy_dir"
+    is_adapter = os.path.exists(os.path.join(policy_dir, M.lora.ADAPTER_CONFIG))
+    if not is_adapter:
+        if runtime.lora.enabled:
+            raise ConfigError(f"{key}={policy_dir!r} is not a PEFT adapter directory (no adapter_config.json); with "
+                              "lora.rank > 0 point it to a LoRA run's hf_adapter/ directory.")
+        _, policy = M.from_pretrained(policy_dir)
+        return runtime.place(policy)
+    adapters, settings = M.load_peft_adapter(policy_dir, runtime.model.config)
+    if not runtime.lora.enabled:
+        return runtime.place(M.merge_lora(jax.device_get(params), adapters, runtime.model.config, settings))
+    mine = runtime.lora
+    if (settings.rank, settings.alpha, set(settings.target_modules)) != (mine.rank, mine.alpha, set(mine.target_modules)):
+        raise ConfigError(f"{key}={policy_dir!r} holds adapters of rank {settings.rank}, alpha {settings.alpha} on "
+                          f"{list(settings.target_modules)}; this run's config.lora has rank {mine.rank}, alpha "
+                          f"{mine.alpha} on {list(mine.target_modules)}. Set config.lora to match.")
+    return jax.device_put({"lora": adapters}, runtime.param_shardings)
 
 
 def augment(cfg, rows, *, tokenizer=None, render=None) -> D.PreferenceDataset:
@@ -114,20 +141,22 @@ def train(runtime: Runtime, inputs: TaskInputs, workdir: str, *, progress: bool 
     cfg = runtime.cfg
     rc = cfg.reward_conditioned
     rows = inputs.rows
+    params = runtime.share_base(inputs.params)  # LoRA: one placed base for both training passes
     if rc.scores == "implicit":
-        rows = implicit_scores(runtime, rows, inputs.params, workdir, progress=progress)
+        rows = implicit_scores(runtime, rows, params, workdir, progress=progress)
     elif inputs.goal_scores is not None:
         rows = inputs.goal_scores(rows)
     augmented = augment(cfg, rows, tokenizer=runtime.tokenizer, render=inputs.goal_render)
     log.info("reward-augmented %d rows into %d pairs", len(rows), len(augmented))
     goal = inference_goal(cfg)
-    trainer = Trainer(runtime, workdir, augmented, params=inputs.params, eval_rows=inputs.eval_rows,
+    trainer = Trainer(runtime, workdir, augmented, params=params, eval_rows=inputs.eval_rows,
                       label="reward-conditioned DPO", progress=progress)
     try:
         summary = trainer.fit()
         require_done(summary, "reward-conditioned training")
         result = {"algorithm": "reward_conditioned", **summary.as_dict(), "num_rows": len(rows),
                   "num_pairs": len(augmented), "num_augmented_pairs": len(augmented), "inference_goal": goal,
+                  **runtime.param_counts(),
                   "tokenization": trainer.data_report()}
         if inputs.eval_rows is not None:
             result["eval"] = trainer.evaluate()
@@ -135,7 +164,7 @@ def train(runtime: Runtime, inputs: TaskInputs, workdir: str, *, progress: bool 
             result["eval_goal_max"] = trainer.evaluate(trainer.batcher_for(goal_rows))
             result["clean_accuracy_goal_max"] = result["eval_goal_max"]["rewards/accuracies"]
         if inputs.evaluate is not None:
-            result.update(inputs.evaluate(trainer.state.params, rows=inputs.rows, goal=goal,
+            result.update(inputs.evaluate(trainer.merged_params(), rows=inputs.rows, goal=goal,
                                           clean_accuracy=result.get("eval", {}).get("rewards/accuracies")))
         result.update(trainer.maybe_export(summary))
     finally:

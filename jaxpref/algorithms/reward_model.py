@@ -19,7 +19,8 @@ Standalone (``config.algorithm = "reward_model"``, e.g. ``configs/rm_tiny.py``):
 policy checkpoint (decoder kept, ``lm_head`` dropped, fresh head), train on the human pairs, report
 held-out pair accuracy, export a HF ``*ForSequenceClassification`` directory. Config keys
 (``config.reward_model``): ``train`` (the RM's overrides of ``config.train``), ``margin``,
-``label_smoothing``, ``head_seed``.
+``label_smoothing``, ``head_seed``. With ``config.lora.rank > 0`` the decoder trains through adapters (the head
+too unless ``lora.train_score_head = False``) and the export is the merged model.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def train(runtime: Runtime, inputs: TaskInputs, workdir: str, *, progress: bool 
     try:
         summary = trainer.fit()
         require_done(summary, "reward-model training")
-        result = {"algorithm": "reward_model", **summary.as_dict(), "tokenization": trainer.data_report()}
+        result = {"algorithm": "reward_model", **summary.as_dict(), **rm.param_counts(),
+                  "tokenization": trainer.data_report()}
         if trainer.eval_batcher is not None:
             ev = trainer.evaluate()
             result["eval"] = ev

@@ -29,7 +29,9 @@ pair (new id ``"<id>/rs<round>"``), so the prompt's information is not lost. New
 
 **Loop** (details open in the paper; defaults documented in ``configs/ropo_*.py``): ``rounds`` theta-steps
 with a w-step (and rejection sampling) between consecutive ones; the reference is always the starting
-policy ``pi_0``; the policy continues from the previous round unless ``restart_from_initial``; the
+policy ``pi_0`` (with LoRA: the base with the adapters off -- the adapters start at ``B = 0``, so that *is*
+``pi_0``; the w-step and the sampling use the adapted policy); the policy continues from the previous round
+(LoRA: its adapters) unless ``restart_from_initial``; the
 filter ratio ``rho`` applies to the current pair set at each w-step. Every round writes
 ``round_<r>/round.json`` (kept and discarded ids, weights, losses, new pairs, flag precision/recall
 when the flips are known) and the theta-step checkpoints in ``round_<r>/checkpoints``, so a run resumes
@@ -106,12 +108,17 @@ def per_pair_losses(policy: tuple, reference: tuple, *, kind: str, alpha: float,
 
 
 def rejection_sample(trainer: Trainer, policy_params, rows: list[dict], *, round_index: int,
-                     rcfg, beta: float, seed: int) -> list[dict]:
+                     rcfg, beta: float, seed: int, sample_params=None) -> list[dict]:
     """New pairs for discarded ``rows``: most vs least implicit-reward candidate among ``num_candidates``
     policy samples (+ the originals). Prompts whose candidates all coincide get no new pair. Conversational
-    prompts are rendered with the chat template; sampling stops at EOS and at the next user turn."""
+    prompts are rendered with the chat template; sampling stops at EOS and at the next user turn.
+
+    ``policy_params``: the train state's params (scored by :meth:`Trainer.pair_logps`; under LoRA the adapters);
+    ``sample_params``: the same policy as plain model params for sampling (:meth:`Trainer.merged_params`;
+    default ``policy_params``, which is that without LoRA)."""
     prompts = [r["prompt"] for r in rows]
-    samples = Sm.sample_responses(trainer.runtime, policy_params, prompts, rcfg.num_candidates,
+    sample_params = policy_params if sample_params is None else sample_params
+    samples = Sm.sample_responses(trainer.runtime, sample_params, prompts, rcfg.num_candidates,
                                   max_new_tokens=rcfg.max_new_tokens, seed=seed * 7919 + round_index,
                                   temperature=rcfg.temperature, top_p=rcfg.top_p, label=trainer.label + " · sampling")
     candidates = []
@@ -169,16 +176,16 @@ def train(runtime: Runtime, inputs: TaskInputs, workdir: str, *, progress: bool 
     final evaluation (``eval`` split and the task's ``evaluate``), flag metrics when the flips are known, HF export."""
     cfg = runtime.cfg
     rcfg, beta, rounds = cfg.ropo, cfg.loss.beta, cfg.ropo.rounds
-    params0 = inputs.params
+    params0 = runtime.share_base(inputs.params)  # pi_0: the reference (LoRA: the base, placed once for every round)
     current = [dict(r) for r in inputs.rows]
     original_rows = [dict(r) for r in inputs.rows]
-    start_params = params0
+    start = None  # the train-state params a theta-step continues from (None: pi_0 / fresh adapters)
     records = []
     trainer = None
 
     def theta_trainer(r, train_rows):
-        return Trainer(runtime, os.path.join(workdir, f"round_{r}"), train_rows, params=start_params,
-                       reference_params=params0, pair_loss=ropo_pair_loss(rcfg, beta), eval_rows=inputs.eval_rows,
+        return Trainer(runtime, os.path.join(workdir, f"round_{r}"), train_rows, params=params0, trainable=start,
+                       pair_loss=ropo_pair_loss(rcfg, beta), eval_rows=inputs.eval_rows,
                        label=f"ROPO round {r + 1}/{rounds} · θ-step", progress=progress)
 
     for r in range(rounds):
@@ -191,7 +198,7 @@ def train(runtime: Runtime, inputs: TaskInputs, workdir: str, *, progress: bool 
             if not rcfg.restart_from_initial:  # the next round starts from this round's final policy
                 trainer = theta_trainer(r, record["train_rows"])
                 trainer.maybe_restore()
-                start_params = host_tree(trainer.state.params)
+                start = host_tree(trainer.state.params)
                 trainer.close()
             continue
         trainer = theta_trainer(r, current)
@@ -211,7 +218,7 @@ def train(runtime: Runtime, inputs: TaskInputs, workdir: str, *, progress: bool 
         new_rows = []
         if rcfg.rejection_sampling and discarded:
             new_rows = rejection_sample(trainer, trainer.state.params, discarded, round_index=r, rcfg=rcfg,
-                                        beta=beta, seed=cfg.seed)
+                                        beta=beta, seed=cfg.seed, sample_params=trainer.merged_params())
             preemption.raise_if_requested(f"after the ROPO round {r + 1} rejection sampling")
         flips = [bool(by_id[p.id].get("flipped")) for p in pairs] if all("flipped" in by_id[p.id] for p in pairs) else None
         record = {
@@ -233,12 +240,13 @@ def train(runtime: Runtime, inputs: TaskInputs, workdir: str, *, progress: bool 
         _write_json(record_path, record)
         records.append(record)
         current = kept + new_rows
-        start_params = params0 if rcfg.restart_from_initial else host_tree(trainer.state.params)
+        start = None if rcfg.restart_from_initial else host_tree(trainer.state.params)
         trainer.close()
     all_discarded = {i for rec in records for i in rec["discarded_ids"]}
     try:
         result = {
             "algorithm": "ropo", "status": "done", "step": int(jax.device_get(trainer.state.step)),
+            **runtime.param_counts(),
             "rounds": [{k: v for k, v in rec.items() if k not in ("train_rows", "next_rows", "losses", "weights", "ids")}
                        for rec in records],
             **_flag_metrics(original_rows, all_discarded),
@@ -246,7 +254,7 @@ def train(runtime: Runtime, inputs: TaskInputs, workdir: str, *, progress: bool 
             "final_num_pairs": len(current),
         }
         if inputs.evaluate is not None:
-            result.update(inputs.evaluate(trainer.state.params, rows=inputs.rows,
+            result.update(inputs.evaluate(trainer.merged_params(), rows=inputs.rows,
                                           clean_accuracy=result["eval"].get("rewards/accuracies")))
         result.update(trainer.maybe_export({"status": "done"}))
     finally:

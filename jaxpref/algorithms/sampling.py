@@ -66,7 +66,7 @@ def sample_responses(runtime, params, prompts: list, k: int, *, max_new_tokens: 
                      label: str = "sampling") -> list[list[str]]:
     """``k`` sampled responses per prompt from ``params`` (the runtime's model and tokenizer), cut at EOS and at
     the next user turn; prompts longer than ``max_prompt_length`` keep their end. Empty responses come back
-    as ``""``."""
+    as ``""``. ``params`` are plain model params: a LoRA policy's merged ones (:meth:`Trainer.merged_params`)."""
     from tqdm.auto import tqdm
 
     tok = runtime.tokenizer

@@ -148,17 +148,24 @@ class LoraSettings:
 # ---- shapes and names ---------------------------------------------------------------------------------
 
 
+_KERNELS: dict[str, dict] = {}  # repr(config) -> _base_kernels(config): a 7B model's init takes seconds to trace
+
+
 def _base_kernels(config: ModelConfig) -> dict[tuple[str, ...], nn.Partitioned]:
     """Abstract boxed base kernels (shape + logical names) by module path, computed without any weights."""
     from flax import traverse_util
 
     from jaxpref.models.llama import LlamaForCausalLM
 
-    abstract = jax.eval_shape(
-        lambda: LlamaForCausalLM(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32), return_hidden=True)
-    )["params"]
-    flat = traverse_util.flatten_dict(abstract, is_leaf=lambda _, v: isinstance(v, nn.Partitioned))
-    return {path[:-1]: box for path, box in flat.items() if path[-1] == "kernel"}
+    key = repr(config)
+    if key not in _KERNELS:
+        abstract = jax.eval_shape(
+            lambda: LlamaForCausalLM(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32),
+                                                  return_hidden=True)
+        )["params"]
+        flat = traverse_util.flatten_dict(abstract, is_leaf=lambda _, v: isinstance(v, nn.Partitioned))
+        _KERNELS[key] = {path[:-1]: box for path, box in flat.items() if path[-1] == "kernel"}
+    return _KERNELS[key]
 
 
 def _targets(config: ModelConfig, settings: LoraSettings):

@@ -15,6 +15,12 @@ batch of M*P pairs. (Batch-coupled losses -- ``aot``, ``aot_unpaired`` -- are th
 Log-probs: the LM head runs only at :attr:`Batch.score_index` positions (the response tokens), through
 :func:`jaxpref.logprobs.token_logprobs_from_hidden`, which never materialises ``[B, T, V]`` logits.
 
+LoRA: with ``lora`` settings the steps' params are the trainable tree ``{"lora": adapters, **heads}`` (see
+:mod:`jaxpref.train.runtime`) and their second argument is the frozen weights (never donated, never
+differentiated). The policy pass is the model with the adapters added (:func:`jaxpref.models.lora.apply_lora`);
+the ``"frozen"`` reference pass is the *same* weights with the adapters off -- LoRA's reference costs no second
+copy of the model. Gradients and optimizer moments exist for the trainable tree only.
+
 Everything here takes arrays and static settings and has no side effects, so :class:`StepFns` can be
 lowered with abstract inputs (:meth:`StepFns.lower`) and compiled for a machine that is not here.
 """
@@ -35,6 +41,7 @@ from jaxpref import sharding as S
 from jaxpref.logprobs import sequence_sums, token_logprobs_from_hidden
 from jaxpref.losses import weighted_sum_and_weight
 from jaxpref.models.llama import LlamaForCausalLM, lm_head_kernel
+from jaxpref.models.lora import LoraSettings, apply_lora
 
 PairLoss = Callable[..., tuple[jax.Array, jax.Array, jax.Array]]
 
@@ -128,12 +135,44 @@ def pair_logprobs(params, model: LlamaForCausalLM, batch: Batch, *, vocab_chunk:
     return sequence_sums(per_token, batch.score_mask, seq, batch.num_pairs)
 
 
+class AdaptedModel:
+    """``model`` with LoRA adapters attached: ``apply({"params": weights}, ...)`` is
+    :func:`~jaxpref.models.lora.apply_lora` of ``adapters`` (dropout when ``dropout_rng`` is given), ``config`` the
+    model's. Scorers (:func:`pair_logprobs`, :func:`jaxpref.models.reward.sequence_rewards`) take it in place of
+    the model, so they know nothing of LoRA."""
+
+    def __init__(self, model, adapters, settings: LoraSettings, dropout_rng=None):
+        self.model, self.adapters, self.settings, self.dropout_rng = model, adapters, settings, dropout_rng
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def apply(self, variables, *args, **kwargs):
+        return apply_lora(self.model, variables["params"], self.adapters, *args, settings=self.settings,
+                          dropout_rng=self.dropout_rng, **kwargs)
+
+
+def split_trainable(params, frozen, model, lora: LoraSettings | None, dropout_rng=None):
+    """``(weights, policy model)`` the scorer takes: without LoRA ``(params, model)``; with LoRA the frozen weights
+    with the trainable heads in place and the model with ``params["lora"]`` attached."""
+    if lora is None:
+        return params, model
+    weights = {**frozen, **{k: v for k, v in params.items() if k != "lora"}}
+    return weights, AdaptedModel(model, params["lora"], lora, dropout_rng)
+
+
 def _loss_terms(params, ref_params, batch: Batch, *, model, pair_loss: PairLoss, reference: str, vocab_chunk: int,
-                scorer: Callable = pair_logprobs):
-    """Weighted loss sum (the differentiated quantity), the weight sum, and weighted metric sums."""
-    chosen, rejected = scorer(params, model, batch, vocab_chunk=vocab_chunk)
+                scorer: Callable = pair_logprobs, lora: LoraSettings | None = None, dropout_rng=None):
+    """Weighted loss sum (the differentiated quantity), the weight sum, and weighted metric sums.
+
+    ``ref_params``: the frozen reference (full fine-tuning, ``"frozen"``), the frozen weights (LoRA; the
+    reference is them with the adapters off) or None."""
+    weights, policy = split_trainable(params, ref_params, model, lora, dropout_rng)
+    chosen, rejected = scorer(weights, policy, batch, vocab_chunk=vocab_chunk)
     if reference == "frozen":
-        ref_chosen, ref_rejected = jax.lax.stop_gradient(scorer(ref_params, model, batch, vocab_chunk=vocab_chunk))
+        ref_weights = ref_params if lora is None else weights
+        ref_chosen, ref_rejected = jax.lax.stop_gradient(scorer(ref_weights, model, batch, vocab_chunk=vocab_chunk))
     elif reference == "cached":
         ref_chosen, ref_rejected = batch.ref_chosen, batch.ref_rejected
     else:  # "none": reference-free losses and reward models
@@ -156,45 +195,72 @@ def _loss_terms(params, ref_params, batch: Batch, *, model, pair_loss: PairLoss,
     return total, (weight_sum, sums, jax.lax.stop_gradient(outputs))
 
 
-def zero_accumulator(params) -> dict:
-    return {"grads": jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
-            "weight": jnp.zeros((), jnp.float32),
-            "metrics": {k: jnp.zeros((), jnp.float32) for k in METRIC_KEYS}}
+def zero_accumulator(params, rng=None) -> dict:
+    """A fresh accumulator: float32 zero grads like ``params``, weight and metric sums; ``rng`` (LoRA dropout) is
+    carried and split once per micro-batch."""
+    acc = {"grads": jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
+           "weight": jnp.zeros((), jnp.float32),
+           "metrics": {k: jnp.zeros((), jnp.float32) for k in METRIC_KEYS}}
+    if rng is not None:
+        acc["rng"] = rng
+    return acc
 
 
 class StepFns:
-    """The jitted functions of one training setup: ``accumulate``, ``apply``, ``evaluate``, ``zero``.
+    """The jitted functions of one training setup: ``accumulate``, ``apply``, ``evaluate``, ``score``, ``zero``.
 
     * ``accumulate(params, ref_params, acc, batch) -> acc``: adds one micro-batch (acc donated).
     * ``apply(state, acc) -> (state, metrics)``: one optimizer update from the accumulated sums (state
       donated); metrics are weighted means plus ``grad_norm``, ``learning_rate`` and ``pairs``.
     * ``evaluate(params, ref_params, batch) -> (metric sums, weight, per-pair outputs)``: no gradients.
-    * ``zero(params) -> acc``: a fresh accumulator with the grads sharded like the params.
+    * ``score(weights, batch) -> (chosen [P], rejected [P])``: the scorer of the plain model (no adapters) on
+      full or frozen weights -- reference log-probs (cached table, :meth:`Trainer.reference_logps`).
+    * ``zero(params, rng=None) -> acc``: a fresh accumulator with the grads sharded like the params (``rng``:
+      the step's LoRA-dropout key, needed when ``lora.dropout > 0``).
 
-    ``scorer(params, model, batch, vocab_chunk=) -> (chosen [P], rejected [P])`` gives the per-sequence
+    ``params`` are the train state's params; ``ref_params`` is the frozen reference copy (full fine-tuning with
+    ``reference="frozen"``), the frozen weights (``lora`` set: the reference is them with adapters off), or
+    None. ``scorer(params, model, batch, vocab_chunk=) -> (chosen [P], rejected [P])`` gives the per-sequence
     quantities the pair loss compares: summed response log-probs (:func:`pair_logprobs`, the default) or a
     reward model's scores (:func:`jaxpref.models.reward.sequence_rewards`). ``reference``: ``"frozen"``
     (a reference forward pass every step), ``"cached"`` (log-probs read from the batch) or ``"none"``.
+    ``lora``: :class:`~jaxpref.models.lora.LoraSettings` (None = full fine-tuning); ``frozen_params``: then the
+    frozen weights as ``jax.ShapeDtypeStruct``s with shardings (they place the frozen argument and
+    :meth:`lower` uses them).
     """
 
     def __init__(self, model, tx: optax.GradientTransformation, schedule, pair_loss: PairLoss, *,
                  mesh, state_shardings, reference: str = "frozen", vocab_chunk: int = 8192,
-                 scorer: Callable | None = None):
+                 scorer: Callable | None = None, lora: LoraSettings | None = None, frozen_params=None):
         if reference not in REFERENCE_MODES:
             raise ValueError(f"reference must be one of {REFERENCE_MODES}, got {reference!r}.")
-        self.mesh, self.reference = mesh, reference
+        if lora is not None and not lora.enabled:
+            lora = None
+        if lora is not None and frozen_params is None:
+            raise ValueError("StepFns with LoRA needs frozen_params (Runtime.abstract_frozen_params()).")
+        self.mesh, self.reference, self.lora, self.frozen_params = mesh, reference, lora, frozen_params
+        self.dropout = lora is not None and lora.dropout > 0
+        scorer = scorer or pair_logprobs
         terms = functools.partial(_loss_terms, model=model, pair_loss=pair_loss, reference=reference,
-                                  vocab_chunk=vocab_chunk, scorer=scorer or pair_logprobs)
+                                  vocab_chunk=vocab_chunk, scorer=scorer, lora=lora)
         param_sh = state_shardings.params
         scalar = S.replicated(mesh)
         acc_sh = {"grads": param_sh, "weight": scalar, "metrics": {k: scalar for k in METRIC_KEYS}}
+        if self.dropout:
+            acc_sh["rng"] = scalar
         self.acc_shardings, self.state_shardings = acc_sh, state_shardings
 
         def accumulate(params, ref_params, acc, batch):
-            grads, (weight, sums, _) = jax.grad(terms, has_aux=True)(params, ref_params, batch)
-            return {"grads": jax.tree_util.tree_map(lambda a, g: a + g.astype(jnp.float32), acc["grads"], grads),
-                    "weight": acc["weight"] + weight,
-                    "metrics": {k: acc["metrics"][k] + sums[k] for k in METRIC_KEYS}}
+            rng = dropout_rng = None
+            if self.dropout:
+                rng, dropout_rng = jax.random.split(acc["rng"])
+            grads, (weight, sums, _) = jax.grad(terms, has_aux=True)(params, ref_params, batch, dropout_rng=dropout_rng)
+            out = {"grads": jax.tree_util.tree_map(lambda a, g: a + g.astype(jnp.float32), acc["grads"], grads),
+                   "weight": acc["weight"] + weight,
+                   "metrics": {k: acc["metrics"][k] + sums[k] for k in METRIC_KEYS}}
+            if rng is not None:
+                out["rng"] = rng
+            return out
 
         def apply(state, acc):
             denom = jnp.maximum(acc["weight"], 1e-12)
@@ -209,16 +275,24 @@ class StepFns:
             _, (weight, sums, outputs) = terms(params, ref_params, batch)
             return sums, weight, outputs
 
+        def score(weights, batch):
+            return scorer(weights, model, batch, vocab_chunk=vocab_chunk)
+
         # A one-entry PartitionSpec shards only the leading (row / pair) axis, so it is a valid prefix for
-        # every batch field whatever its rank; the reference params are an empty pytree unless frozen.
+        # every batch field whatever its rank; the reference params are an empty pytree unless frozen or LoRA.
         batch_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
-        ref_sh = param_sh if reference == "frozen" else None
+        if lora is not None:
+            ref_sh = jax.tree_util.tree_map(lambda x: x.sharding, frozen_params)
+        else:
+            ref_sh = param_sh if reference == "frozen" else None
+        weights_sh = ref_sh if lora is not None else param_sh
         self._accumulate = jax.jit(accumulate, in_shardings=(param_sh, ref_sh, acc_sh, batch_sh), out_shardings=acc_sh,
                                    donate_argnums=(2,))
         self._apply = jax.jit(apply, in_shardings=(state_shardings, acc_sh), out_shardings=(state_shardings, scalar),
                               donate_argnums=(0,))
         self._evaluate = jax.jit(evaluate, in_shardings=(param_sh, ref_sh, batch_sh))
-        self._zero = jax.jit(zero_accumulator, in_shardings=(param_sh,), out_shardings=acc_sh)
+        self._score = jax.jit(score, in_shardings=(weights_sh, batch_sh))
+        self._zero = jax.jit(zero_accumulator, in_shardings=(param_sh, None), out_shardings=acc_sh)
 
     def accumulate(self, params, ref_params, acc, batch: Batch):
         with S.activation_rules(self.mesh):
@@ -232,16 +306,29 @@ class StepFns:
         with S.activation_rules(self.mesh):
             return self._evaluate(params, ref_params, batch)
 
-    def zero(self, params):
-        return self._zero(params)
+    def score(self, weights, batch: Batch):
+        with S.activation_rules(self.mesh):
+            return self._score(weights, batch)
 
-    def lower(self, abstract_state, abstract_batch: Batch) -> dict[str, Any]:
+    def zero(self, params, rng=None):
+        if self.dropout and rng is None:
+            raise ValueError("lora.dropout > 0: zero() needs the step's dropout key (rng=).")
+        return self._zero(params, rng if self.dropout else None)
+
+    def lower(self, abstract_state, abstract_batch: Batch, abstract_ref=None) -> dict[str, Any]:
         """Lower every program with abstract inputs (``jax.ShapeDtypeStruct`` with shardings): ``{"accumulate",
         "apply", "evaluate"}`` -> ``jax.stages.Lowered``, ready to ``.compile()`` for the mesh's devices (which
-        may be abstract TPU devices of a topology that is not attached)."""
+        may be abstract TPU devices of a topology that is not attached). ``abstract_ref``: the second argument
+        (default: the params for a frozen reference, the frozen weights under LoRA, else None)."""
         params = abstract_state.params
-        ref = params if self.reference == "frozen" else None
-        acc = jax.eval_shape(zero_accumulator, params)
+        if abstract_ref is not None:
+            ref = abstract_ref
+        elif self.lora is not None:
+            ref = self.frozen_params
+        else:
+            ref = params if self.reference == "frozen" else None
+        rng = jax.ShapeDtypeStruct((2,), jnp.uint32) if self.dropout else None
+        acc = jax.eval_shape(zero_accumulator, params, rng)
         acc = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), acc,
                                      self.acc_shardings)
         with S.activation_rules(self.mesh):

@@ -6,6 +6,11 @@ the reference policy (frozen copy, cached table, or none), checkpoints and metri
 trains with :func:`jaxpref.train.loop.fit`. DPO uses one; ROPO one per round; APO one per phase and
 model. Pair weights and groups (ROPO's w-step, APO's RM terms) are explicit arguments, aligned with the
 rows, never fields of the data.
+
+With LoRA (``config.lora.rank > 0``) the session's ``params`` are the frozen base (placed once; pass
+:meth:`Runtime.share_base`'s arrays to share them between sessions), the train state holds the adapters (and a
+reward model's head), the reference is the base with the adapters off, and checkpoints hold only what trains.
+:meth:`Trainer.merged_params` gives the plain model params (sampling, task evaluation, export).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from jaxpref.train.checkpoint import Checkpointer, abstract_with_shardings
 from jaxpref.train.logging import MetricLogger
 from jaxpref.train.runtime import Runtime, host_tree, tokenizer_path
 from jaxpref.train.state import create_sharded_state
-from jaxpref.train.step import Batch, PairLoss, device_batch, dpo_pair_loss
+from jaxpref.train.step import Batch, PairLoss, StepFns, device_batch, dpo_pair_loss
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +48,21 @@ def with_weights(pairs: list[D.TokenizedPair], weights: Sequence[float] | None =
 
 
 class Trainer:
-    """Trains ``params`` on ``rows`` with a pairwise loss, over ``runtime``.
+    """Trains on ``rows`` with a pairwise loss, over ``runtime``.
 
     Args:
       runtime: the run's :class:`Runtime` (policy or reward model).
-      workdir: checkpoints/, metrics.jsonl, tensorboard/, hf_export/ go here.
+      workdir: checkpoints/, metrics.jsonl, tensorboard/, hf_export/ (and hf_adapter/) go here.
       rows: the train rows (a :class:`~jaxpref.data.PreferenceDataset` or list of row dicts).
-      params: the starting params (host or device arrays).
+      params: the model's weights (host or device arrays): the starting point and default reference; with LoRA
+        the frozen base (also the reference, adapters off), kept as given when already placed.
+      trainable: the train state's params to start from instead (``host_tree(trainer.state.params)`` of an
+        earlier session: the policy so far without LoRA, its adapters (+ head) with LoRA); default ``params``
+        (without LoRA) or fresh adapters (``B = 0``: the model starts as the base).
       pair_loss: defaults to :func:`jaxpref.train.step.dpo_pair_loss` of ``config.loss``.
       weights, groups: per-row pair weights / groups (see :class:`~jaxpref.train.step.Batch`); default 1 / 0.
-      reference_params: the reference policy (default: ``params``); iterative algorithms pass the original
-        policy while the policy continues from the previous round.
+      reference_params: the reference policy when it is not ``params`` (full fine-tuning only; with LoRA the
+        reference is always the base with adapters off).
       reference: ``"frozen"``, ``"cached"`` or ``"none"`` (default ``config.reference.mode``; ``"none"`` for
         reference-free losses and reward models).
       eval_rows: held-out rows for :meth:`evaluate`.
@@ -61,13 +70,18 @@ class Trainer:
       label: the progress bar's name (e.g. ``"APO round 2/3 · reward model"``).
     """
 
-    def __init__(self, runtime: Runtime, workdir: str, rows, *, params, pair_loss: PairLoss | None = None,
-                 weights=None, groups=None, reference_params=None, reference: str | None = None, eval_rows=None,
-                 train_cfg=None, label: str = "train", progress: bool = True):
+    def __init__(self, runtime: Runtime, workdir: str, rows, *, params, trainable=None,
+                 pair_loss: PairLoss | None = None, weights=None, groups=None, reference_params=None,
+                 reference: str | None = None, eval_rows=None, train_cfg=None, label: str = "train",
+                 progress: bool = True):
         self.runtime, self.cfg, self.workdir, self.progress, self.label = runtime, runtime.cfg, workdir, progress, label
         self.mesh, self.model, self.tokenizer, self.tok_options = (runtime.mesh, runtime.model, runtime.tokenizer,
                                                                    runtime.tok_options)
         self.train_cfg = train_cfg or runtime.train_cfg
+        self.lora = runtime.lora.enabled
+        if self.lora and reference_params is not None and reference_params is not params:
+            raise ValueError("with LoRA the reference is the base (params) with the adapters off; do not pass "
+                             "another reference_params.")
         os.makedirs(workdir, exist_ok=True)
         self.rows, self.eval_rows = rows, eval_rows
         self.pairs = with_weights(runtime.tokenize(rows, progress=progress), weights, groups)
@@ -84,17 +98,29 @@ class Trainer:
             mode = "none"
         self.reference = mode
         self.step_fns = runtime.steps(pair_loss or dpo_pair_loss(self.cfg.loss), self.tx, self.schedule, reference=mode)
-        self.state = create_sharded_state(params, self.tx, jax.random.PRNGKey(self.cfg.seed), self.shardings)
-        self.ref_params = self.ref_table = self.ref_cache = None
-        ref_source = params if reference_params is None else reference_params
+        # ref_params: the steps' second argument -- the frozen reference copy (full fine-tuning, "frozen"), the
+        # frozen base (LoRA, whatever the mode), or None.
+        self.ref_params = self.ref_table = self.ref_cache = self.base = None
+        if self.lora:
+            weights_full = runtime.place(params, copy=False)
+            self.base = self.ref_params = runtime.frozen_part(weights_full)
+            start = runtime.initial_trainable(weights_full) if trainable is None else trainable
+            ref_source = self.base
+        else:
+            start = params if trainable is None else trainable
+            ref_source = params if reference_params is None else reference_params
+        self.state = create_sharded_state(start, self.tx, jax.random.PRNGKey(self.cfg.seed), self.shardings)
         self._ref_source, self._ref_placed_on_demand = ref_source, None
-        if mode == "frozen":
+        if mode == "frozen" and not self.lora:
             self.ref_params = runtime.place(ref_source)
         elif mode == "cached":
             self._prepare_reference_cache(ref_source)
         self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=tc.keep_checkpoints,
                                          async_save=tc.async_checkpointing)
         self.logger = MetricLogger(workdir)
+        counts = runtime.param_counts()
+        log.info("%s: trainable %s of %s params (%.1f%%)", label, _human(counts["trainable_params"]),
+                 _human(counts["total_params"]), 100.0 * counts["trainable_params"] / max(counts["total_params"], 1))
 
     @classmethod
     def from_config(cls, cfg, workdir: str, **kwargs) -> "Trainer":
@@ -107,6 +133,14 @@ class Trainer:
         kwargs.setdefault("eval_rows", eval_rows)
         return cls(runtime, workdir, rows, params=runtime.initial_params(), **kwargs)
 
+    # ---- the trained model ---------------------------------------------------------------------------
+
+    def merged_params(self):
+        """The trained model as plain params (``model.apply``, sampling, task evaluation, HF export): the state's
+        params without LoRA; with LoRA the base with the adapters merged in (new memory for the adapted kernels
+        only) and the trained head."""
+        return self.runtime.merge(self.base, self.state.params)
+
     # ---- reference log-probs -------------------------------------------------------------------------
 
     def _prepare_reference_cache(self, ref_source) -> None:
@@ -118,12 +152,11 @@ class Trainer:
         plan_batcher = self.runtime.batcher(self.pairs, shuffle=False)
 
         def logps(local):
-            _, _, out = self.step_fns.evaluate(placed, None, self._to_device(local, with_ref=False))
-            got = host_tree({"c": out["policy_chosen"], "r": out["policy_rejected"], "i": self._to_device(
-                local, with_ref=False).index})
+            batch = self._to_device(local, with_ref=False)
+            chosen, rejected = self.step_fns.score(placed, batch)  # the plain model: LoRA's adapters are off
+            got = host_tree({"c": chosen, "r": rejected, "i": batch.index})
             return got["c"], got["r"], got["i"]
 
-        # (the "cached" evaluate() reads ref log-probs from the batch; zeros here, and only the policy's are used)
         self.ref_table = self.ref_cache.load_or_compute(plan_batcher, logps, progress=self.progress)
 
     def _to_device(self, local: dict, *, with_ref: bool = True) -> Batch:
@@ -211,8 +244,9 @@ class Trainer:
         hooks = loop.Hooks(save=save, last_saved=self.checkpointer.latest_step, discard=discard,
                            log=self.logger.log, evaluate=evaluate, on_step=hook)
         try:
+            steps = _DropoutKeys(self.step_fns, self) if self.step_fns.dropout else self.step_fns
             self.state, result = loop.fit(
-                self.step_fns, self.state, batches(), target=target, ref_params=self.ref_params,
+                steps, self.state, batches(), target=target, ref_params=self.ref_params,
                 grad_accum=self.grad_accum, save_every=tc.save_every, log_every=tc.log_every,
                 eval_every=tc.eval_every, hooks=hooks, progress=self.progress, label=self.label,
                 checkpoint_dir=self.checkpointer.directory)
@@ -244,44 +278,55 @@ class Trainer:
         return self.runtime.batcher(pairs, shuffle=False)
 
     def pair_logps(self, params, pairs: list[D.TokenizedPair], *, with_reference: bool = False):
-        """Summed response log-probs ``(chosen [N], rejected [N])`` of ``pairs`` under ``params`` (placed like the
-        policy's params), in the order of ``pairs`` (for a reward model: the rewards).
+        """Summed response log-probs ``(chosen [N], rejected [N])`` of ``pairs`` under ``params`` -- train-state
+        params (the policy's, or under LoRA a trainable tree), placed like the state's -- in the order of
+        ``pairs`` (for a reward model: the rewards).
 
         ``with_reference=True`` returns ``((chosen, rejected), (ref_chosen, ref_rejected))``. With a frozen
         reference the evaluation step computes the reference's log-probs in the same pass, so they come from
         it; otherwise they come from :meth:`reference_logps`."""
         frozen = self.reference == "frozen"
-        batcher = self.batcher_for(pairs=pairs)
-        index = {id(p): n for n, p in enumerate(pairs)}
-        got_all = {k: np.zeros(len(pairs), np.float32) for k in ("c", "r", "rc", "rr")}
-        for indices in batcher.epoch_plan(0):
-            local = batcher.make_batch(indices)
-            _, _, out = self.step_fns.evaluate(params, self.ref_params if frozen else None,
-                                               self._to_device(local, with_ref=False))
-            got = host_tree({"c": out["policy_chosen"], "r": out["policy_rejected"], "rc": out["ref_chosen"],
-                             "rr": out["ref_rejected"]})
-            for j, i in enumerate(indices + [-1] * (len(got["c"]) - len(indices))):
-                if i >= 0:
-                    n = index[id(batcher.pairs[i])]
-                    for k in got_all:
-                        got_all[k][n] = got[k][j]
-        policy = got_all["c"], got_all["r"]
+
+        def run(batch):
+            _, _, out = self.step_fns.evaluate(params, self.ref_params, batch)
+            return {"c": out["policy_chosen"], "r": out["policy_rejected"], "rc": out["ref_chosen"],
+                    "rr": out["ref_rejected"]}
+
+        got = self._per_pair(pairs, run)
+        policy = got["c"], got["r"]
         if not with_reference:
             return policy
-        return policy, ((got_all["rc"], got_all["rr"]) if frozen else self.reference_logps(pairs))
+        return policy, ((got["rc"], got["rr"]) if frozen else self.reference_logps(pairs))
 
     def reference_logps(self, pairs: list[D.TokenizedPair] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Reference log-probs ``(chosen [N], rejected [N])`` of ``pairs`` (default: the train pairs) without a
         second copy of the reference on the devices: the cached table when ``pairs`` are the train pairs, else
-        a pass with the placed reference."""
+        a pass of the plain model with the placed reference (LoRA: the base, adapters off)."""
         pairs = self.pairs if pairs is None else pairs
         if self.reference == "cached" and pairs is self.pairs and self.ref_table is not None:
             return self.ref_table[0].astype(np.float32), self.ref_table[1].astype(np.float32)
-        return self.pair_logps(self._placed_reference(), pairs)
+        weights = self._placed_reference()
+        got = self._per_pair(pairs, lambda batch: dict(zip("cr", self.step_fns.score(weights, batch))))
+        return got["c"], got["r"]
+
+    def _per_pair(self, pairs: list[D.TokenizedPair], fn) -> dict[str, np.ndarray]:
+        """``fn(device batch) -> {name: [P]}`` over unshuffled batches of ``pairs``, gathered into ``{name: [N]}``
+        float32 arrays in the order of ``pairs``."""
+        batcher = self.batcher_for(pairs=pairs)
+        index = {id(p): n for n, p in enumerate(pairs)}
+        out: dict[str, np.ndarray] = {}
+        for indices in batcher.epoch_plan(0):
+            got = host_tree(fn(self._to_device(batcher.make_batch(indices), with_ref=False)))
+            for j, i in enumerate(indices):
+                if i >= 0:
+                    n = index[id(batcher.pairs[i])]
+                    for k, v in got.items():
+                        out.setdefault(k, np.zeros(len(pairs), np.float32))[n] = v[j]
+        return out
 
     def _placed_reference(self):
-        """The reference params placed like the policy's: the frozen copy the steps use, or (cached / none
-        mode) a placement of the reference source, made once and kept."""
+        """The reference weights placed like the model's: the frozen copy the steps use, the LoRA base, or (full
+        fine-tuning, cached / none mode) a placement of the reference source, made once and kept."""
         if self.ref_params is not None:
             return self.ref_params
         if self._ref_placed_on_demand is None:
@@ -293,20 +338,58 @@ class Trainer:
         return self.pairs.report.to_dict()
 
     def maybe_export(self, summary) -> dict:
-        """``{"hf_export": path}`` after a finished :meth:`fit` when ``config.export.hf``, else ``{}``."""
+        """After a finished :meth:`fit` when ``config.export.hf``: ``{"hf_export": path}`` (+ ``"hf_adapter"`` for
+        a LoRA policy); else ``{}``."""
         if summary["status"] == "done" and self.cfg.export.hf:
-            return {"hf_export": self.export_hf()}
+            return self.export()
         return {}
 
+    def export(self, out_dir: str | None = None, adapter_dir: str | None = None) -> dict:
+        """Write the trained model (:func:`jaxpref.train.export.export_trained`): ``hf_export/`` (merged under LoRA)
+        and, for a LoRA policy, ``hf_adapter/`` in PEFT's format. Returns ``{"hf_export": path[, "hf_adapter":
+        path]}`` (paths None on processes other than 0)."""
+        from jaxpref.train.export import export_trained
+
+        return export_trained(self.runtime, self.base, self.state.params,
+                              out_dir or os.path.join(self.workdir, "hf_export"),
+                              adapter_dir=adapter_dir or os.path.join(self.workdir, "hf_adapter"))
+
     def export_hf(self, out_dir: str | None = None) -> str | None:
-        """Write the current params as a HF directory (process 0); returns the path there, None elsewhere."""
+        """Write the trained model as a HF directory (merged under LoRA; process 0); returns the path there, None
+        elsewhere."""
         from jaxpref.train.export import export_hf
 
-        return export_hf(self.runtime, self.state.params, out_dir or os.path.join(self.workdir, "hf_export"))
+        return export_hf(self.runtime, self.merged_params(), out_dir or os.path.join(self.workdir, "hf_export"))
 
     def close(self) -> None:
         self.checkpointer.close()
         self.logger.close()
+
+
+class _DropoutKeys:
+    """The step functions as :func:`loop.fit` sees them when LoRA dropout is on: every optimizer step's
+    accumulator starts from the key ``fold_in(state.rng, state.step)`` of the session's current state (kept in
+    sync by the loop's hooks), so masks differ per step and micro-batch and a resumed run draws the same ones."""
+
+    def __init__(self, steps: StepFns, trainer: "Trainer"):
+        self._steps, self._trainer = steps, trainer
+
+    def zero(self, params):
+        state = self._trainer.state
+        if state.params is not params:  # the hooks did not hand the session the loop's state
+            raise RuntimeError("LoRA dropout keys: the Trainer's state is not the one being trained.")
+        return self._steps.zero(params, rng=jax.random.fold_in(state.rng, state.step))
+
+    def __getattr__(self, name):
+        return getattr(self._steps, name)
+
+
+def _human(n: int) -> str:
+    """1234 -> "1.23K", 135_000_000 -> "135M", 7_241_732_096 -> "7.24B"."""
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
 
 
 def _first_line(e: BaseException) -> str:
