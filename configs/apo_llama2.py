@@ -22,8 +22,9 @@ def get_config():
     c.train.num_epochs = 1.0
     c.reward_model.train.learning_rate = 1e-6
     c.reward_model.train.num_epochs = 1.0
-    c.reward_model.train.pairs_per_batch = 64
-    c.reward_model.train.grad_accum_steps = 1
+    c.reward_model.train.pairs_per_batch = 16
+    c.reward_model.train.grad_accum_steps = 4  # the paper's RM batch of 64 pairs, in micro-batches that fit
+    c.model.remat_policy = "full"  # the policy step carries a frozen reference (see ropo_7b_config)
     c.apo.rounds = 3
     c.apo.samples_per_prompt = 4
     c.apo.temperature = 1.2

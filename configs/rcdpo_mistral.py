@@ -22,8 +22,8 @@ def get_config():
     c.data.train_path = "/data/ultrafeedback_binarized/train.jsonl"  # scored pairs; a clear error if missing
     c.data.eval_path = ""
     c.data.format = "auto"
-    c.train.pairs_per_batch = 64
-    c.train.grad_accum_steps = 2  # global batch 128
+    c.train.pairs_per_batch = 16
+    c.train.grad_accum_steps = 8  # global batch 128 (16-pair micro-batches fit v5e:4x4; see BENCHMARKS.md)
     c.train.learning_rate = 5e-7
     c.train.schedule = "cosine"
     c.train.warmup_ratio = 0.1

@@ -11,7 +11,8 @@ files are read. Shapes come from the config: the largest bucket, the micro-batch
 * every algorithm: the policy's ``accumulate`` (forward + backward of one micro-batch, with the frozen
   reference's forward when ``reference.mode = "frozen"``), ``apply`` (the optimizer update) and ``evaluate``
   (a forward pass: evaluation, ROPO's w-step scoring, the reference-cache pass);
-* ROPO and APO: the KV-cache sampler at the config's ``max_new_tokens`` (rejection sampling / policy samples);
+* ROPO and APO: the KV-cache sampler at the config's ``max_new_tokens`` and ``train.sample_batch_size``
+  (rejection sampling / policy samples);
 * APO and ``reward_model``: the reward model's three programs (its own optimizer and batch settings).
 
 It prints one table per topology: per-chip arguments, temporaries, outputs, their total against the chip's
@@ -36,7 +37,6 @@ import jax.numpy as jnp
 from jaxpref.errors import UserError
 
 log = logging.getLogger(__name__)
-SAMPLE_BATCH = 256  # prompts x samples per generate call (jaxpref.algorithms.sampling.sample_responses)
 
 
 def aot_config(cfg):
@@ -112,7 +112,9 @@ def _lower_sampler(runtime, cfg, max_new_tokens: int, S):
     """The KV-cache sampler over the runtime's sharded params, at the prompt batch the algorithms use."""
     from jaxpref.models.generate import _generate
 
-    prompts = jax.ShapeDtypeStruct((SAMPLE_BATCH, cfg.data.max_prompt_length), jnp.int32,
+    shards = runtime.mesh.shape["data"] * runtime.mesh.shape["fsdp"]
+    batch = max(shards, cfg.train.sample_batch_size - cfg.train.sample_batch_size % shards)  # as sample_responses
+    prompts = jax.ShapeDtypeStruct((batch, cfg.data.max_prompt_length), jnp.int32,
                                    sharding=S.batch_sharding(runtime.mesh, 2))
     rng = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=S.replicated(runtime.mesh))
     scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=S.replicated(runtime.mesh))
@@ -152,8 +154,12 @@ def compile_all(cfg, topology: str, *, programs=None, progress: bool = True):
     return reports
 
 
-def knobs(cfg) -> list[str]:
-    """What would lower per-chip memory, in the order to try it."""
+def knobs(cfg, program: str = "accumulate") -> list[str]:
+    """What would lower ``program``'s per-chip memory, in the order to try it."""
+    if program == "sampler":
+        return [f"fewer sequences per sampler call (--config.train.sample_batch_size="
+                f"{max(1, cfg.train.sample_batch_size // 4)})", "fewer max_new_tokens or a shorter max_prompt_length",
+                "more chips"]
     out = []
     if cfg.train.pairs_per_batch > 1:
         out.append(f"a smaller micro-batch (--config.train.pairs_per_batch={max(1, cfg.train.pairs_per_batch // 2)} "
@@ -195,7 +201,7 @@ def main(argv=None) -> int:
                 print(A.format_table(reports))
                 bad = [r for r in reports if r.fits is False]
                 if bad:
-                    failures.append(A.does_not_fit_message(bad[0], knobs(cfg), topology=topology))
+                    failures.append(A.does_not_fit_message(bad[0], knobs(cfg, bad[0].name), topology=topology))
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)

@@ -83,6 +83,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.adam_eps = 1e-8
     c.train.max_grad_norm = 1.0  # global-norm clipping; 0 = off
     c.train.vocab_chunk = 8192  # vocabulary chunk of the fused LM-head log-softmax
+    # sequences per call of the KV-cache sampler (ROPO's rejection sampling, APO's samples); bounds its KV cache
+    c.train.sample_batch_size = 256
     c.train.log_every = 1
     c.train.eval_every = 0  # steps between evaluations on the eval split; 0 = only at the end
     c.train.save_every = 0  # steps between checkpoints (always one at the end); 0 = end only
@@ -271,8 +273,11 @@ def dpo_7b_config(hf_dir: str, tokenizer_path: str) -> ml_collections.ConfigDict
     c.data.max_length = 1024
     c.data.max_prompt_length = 512
     c.data.buckets = (256, 512, 768, 1024)
-    c.train.pairs_per_batch = 64
-    c.train.grad_accum_steps = 2
+    # 16 pairs x 8 micro-batches = 128 pairs per update. 64 x 2 needed 26.2 GiB per chip on v5e:4x4 (15.75
+    # usable); 16 x 8 needs 14.1 GiB there (python -m jaxpref.aot; BENCHMARKS.md has the table)
+    c.train.pairs_per_batch = 16
+    c.train.grad_accum_steps = 8
+    c.train.sample_batch_size = 64  # a 256-sequence sampler call needs 16.2 GiB per chip on v5e:4x4
     c.train.num_epochs = 1.0
     c.train.learning_rate = 5e-7
     c.train.warmup_ratio = 0.1
@@ -293,6 +298,7 @@ def ropo_7b_config(hf_dir: str, tokenizer_path: str) -> ml_collections.ConfigDic
     c.ropo.filter_ratio = 0.2
     c.ropo.alpha = 14.0
     c.ropo.max_new_tokens = 256
+    c.model.remat_policy = "full"  # the frozen reference's copy and forward: 11.1 GiB per chip on v5e:4x4
     return c
 
 
@@ -354,6 +360,7 @@ CONSTRAINTS = {
     "train.adam_eps": _above(0.0),
     "train.max_grad_norm": _at_least(0.0),
     "train.vocab_chunk": _at_least(1),
+    "train.sample_batch_size": _at_least(1),
     "train.log_every": _at_least(1),
     "train.eval_every": _at_least(0),
     "train.save_every": _at_least(0),

@@ -92,6 +92,8 @@ def test_resume_rules(tmp_path):
     # more steps: continues from the checkpoint, and the metrics have each step once
     longer = run(_tiny(num_steps=4), workdir, progress=False)
     assert longer["step"] == 4 and _steps(workdir) == [1, 2, 3, 4]
+    again = run(_tiny(num_steps=4), workdir, progress=False)  # a finished run re-run keeps its final metrics
+    assert again["step"] == 4 and again["last_metrics"]["loss"] == pytest.approx(longer["last_metrics"]["loss"])
     # the same paths with other contents: refused
     data = tmp_path / "rows.jsonl"
     rows = [{"prompt": f"Q{i}?", "chosen": f" yes {i}", "rejected": f" no {i}"} for i in range(16)]

@@ -263,3 +263,17 @@ def test_7b_recipe_dtypes_move_every_master_weight(tmp_path):
         moved[param_dtype] = changed / sum(a.size for a, _ in leaves)
     assert moved["float32"] > 0.99, moved
     assert moved["bfloat16"] < 0.2, moved
+
+
+def test_cached_reference_evaluates_held_out_pairs_against_their_own_reference(tmp_path):
+    """Held-out pairs are not in the cached (train-pair) table: with the policy still equal to the reference,
+    every held-out reward is exactly 0 and the loss log 2, in cached mode as in frozen mode."""
+    for mode in ("cached", "frozen"):
+        cfg = tiny_config(num_steps=1, learning_rate=1e-30)
+        cfg.data.eval_fraction = 0.25
+        cfg.reference.mode = mode
+        t = Trainer.from_config(cfg, str(tmp_path / mode), progress=False)
+        t.fit()
+        ev = t.evaluate()
+        t.close()
+        assert abs(ev["loss"] - np.log(2)) < 1e-5 and abs(ev["rewards/margins"]) < 1e-5, (mode, ev)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
+import jax
 import numpy as np
 
 from jaxpref import data as D
@@ -62,12 +63,19 @@ def cut_at(text: str, marker: str | None) -> str:
 
 
 def sample_responses(runtime, params, prompts: list, k: int, *, max_new_tokens: int, seed: int,
-                     temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 256,
+                     temperature: float = 1.0, top_p: float = 1.0, batch_size: int | None = None,
                      label: str = "sampling") -> list[list[str]]:
-    """``k`` sampled responses per prompt from ``params`` (the runtime's model and tokenizer), cut at EOS and at
-    the next user turn; prompts longer than ``max_prompt_length`` keep their end. Empty responses come back
-    as ``""``. ``params`` are plain model params: a LoRA policy's merged ones (:meth:`Trainer.merged_params`)."""
+    """``k`` sampled responses per prompt from ``params`` (the runtime's full model params, host or device), cut
+    at EOS and at the next user turn; prompts longer than ``max_prompt_length`` keep their end. Empty responses
+    come back as ``""``.
+
+    The sampler runs on the runtime's mesh: params sharded like the model's (FSDP/tensor), each call's prompt
+    batch of ``batch_size`` sequences (default ``config.train.sample_batch_size``) split over ``data`` x
+    ``fsdp`` -- so a 7B policy samples on the slice it trains on (its memory is what ``python -m jaxpref.aot``
+    reports as ``sampler``)."""
     from tqdm.auto import tqdm
+
+    from jaxpref import sharding as S
 
     tok = runtime.tokenizer
     ids_list = [prompt_ids(tok, p) for p in prompts]
@@ -76,15 +84,25 @@ def sample_responses(runtime, params, prompts: list, k: int, *, max_new_tokens: 
         ids_list = [p[-limit:] if len(p) > limit else p for p in ids_list]
     markers = [user_turn_marker(tok, p) for p in prompts]
     flat = [p for p in ids_list for _ in range(k)]
-    host = host_tree(params)
+    mesh = runtime.mesh
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    batch_size = batch_size or runtime.cfg.train.sample_batch_size
+    batch_size = max(shards, batch_size - batch_size % shards)
+    shardings = jax.tree_util.tree_map(lambda a: a.sharding, runtime.abstract_model_params())
+    placed = jax.device_put(params, shardings)
     texts: list[str] = []
     starts = range(0, len(flat), batch_size)
     for start in tqdm(starts, desc=label, disable=len(starts) < 2, leave=False):
-        ids, mask = left_pad(flat[start:start + batch_size], pad_token_id=tok.pad_id)
-        out = generate(runtime.model, host, ids, mask, max_new_tokens=max_new_tokens, rng=seed * 7919 + start,
-                       temperature=temperature, top_p=top_p, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
-        tokens, gmask = np.asarray(out.tokens), np.asarray(out.mask)
-        for row_tokens, row_mask in zip(tokens, gmask):
+        chunk = flat[start:start + batch_size]
+        chunk = chunk + [chunk[-1]] * (-len(chunk) % shards)  # whole rows per batch shard; extras dropped below
+        ids, mask = left_pad(chunk, pad_token_id=tok.pad_id)
+        ids = jax.device_put(np.asarray(ids), S.batch_sharding(mesh, 2))
+        mask = jax.device_put(np.asarray(mask), S.batch_sharding(mesh, 2))
+        with S.activation_rules(mesh):
+            out = generate(runtime.model, placed, ids, mask, max_new_tokens=max_new_tokens, rng=seed * 7919 + start,
+                           temperature=temperature, top_p=top_p, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+        tokens, gmask = host_tree(out.tokens), host_tree(out.mask)
+        for row_tokens, row_mask in list(zip(tokens, gmask))[: len(flat[start:start + batch_size])]:
             resp = []
             for t, m in zip(row_tokens, row_mask):
                 if not m or int(t) == tok.eos_id:

@@ -101,6 +101,8 @@ class Trainer:
         # ref_params: the steps' second argument -- the frozen reference copy (full fine-tuning, "frozen"), the
         # frozen base (LoRA, whatever the mode), or None.
         self.ref_params = self.ref_table = self.ref_cache = self.base = None
+        self._eval_ref_tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._last_metrics: dict = {}
         if self.lora:
             weights_full = runtime.place(params, copy=False)
             self.base = self.ref_params = runtime.frozen_part(weights_full)
@@ -159,11 +161,14 @@ class Trainer:
 
         self.ref_table = self.ref_cache.load_or_compute(plan_batcher, logps, progress=self.progress)
 
-    def _to_device(self, local: dict, *, with_ref: bool = True) -> Batch:
+    def _to_device(self, local: dict, *, with_ref: bool = True, table=None) -> Batch:
+        """A host batch on the mesh; with a cached reference, its log-probs from ``table`` (indexed by the batch's
+        ``pair_index``; default the train pairs' table)."""
         ref_c = ref_r = None
-        if self.reference == "cached" and with_ref and self.ref_table is not None:
+        table = self.ref_table if table is None else table
+        if self.reference == "cached" and with_ref and table is not None:
             idx = np.maximum(local["pair_index"], 0)
-            ref_c, ref_r = self.ref_table[0][idx], self.ref_table[1][idx]
+            ref_c, ref_r = table[0][idx], table[1][idx]
         return device_batch(Batch.from_host(local, ref_c, ref_r), self.mesh)
 
     # ---- checkpoints ---------------------------------------------------------------------------------
@@ -173,7 +178,8 @@ class Trainer:
         step = int(jax.device_get(self.state.step))
         if self.checkpointer.latest_step() == step:
             return
-        meta = {"data": self.batcher.state_dict(), "step": step, **(extra_meta or {})}
+        meta = {"data": self.batcher.state_dict(), "step": step, "last_metrics": self._last_metrics,
+                **(extra_meta or {})}
         self.checkpointer.save(step, self.state, meta)
 
     def maybe_restore(self) -> dict | None:
@@ -200,6 +206,7 @@ class Trainer:
                             f"using step {fallback} instead" if fallback is not None else "starting from scratch")
                 continue
             self.batcher.load_state_dict(meta["data"])
+            self._last_metrics = dict(meta.get("last_metrics") or {})
             self.logger.truncate_after(step)
             log.info("%s: resumed from step %d of %d (%s)", self.label, step, self.total_steps, self.workdir)
             return meta
@@ -237,6 +244,7 @@ class Trainer:
 
         def hook(step, metrics, state):
             self.state = state
+            self._last_metrics = dict(metrics)
             if on_step is not None:
                 on_step(step, metrics)
             return self.state
@@ -253,6 +261,8 @@ class Trainer:
             self.checkpointer.wait()
         finally:
             self.logger.flush()
+        if not result.last_metrics:  # nothing left to train (a finished run re-run): the saved step's metrics
+            result.last_metrics = dict(self._last_metrics)
         return result
 
     def evaluate(self, batcher: D.PairBatcher | None = None) -> dict:
@@ -260,10 +270,18 @@ class Trainer:
         batcher = batcher or self.eval_batcher
         if batcher is None:
             return {}
+        table = None
+        if self.reference == "cached" and batcher is not self.batcher:
+            # the cached table holds the *train* pairs' reference log-probs: other pairs get their own pass
+            key = id(batcher)
+            if key not in self._eval_ref_tables:
+                self._eval_ref_tables[key] = self.reference_logps(batcher.pairs)
+            table = self._eval_ref_tables[key]
         totals: dict[str, float] = {}
         weight = 0.0
         for indices in batcher.epoch_plan(0):
-            sums, w, _ = self.step_fns.evaluate(self.state.params, self.ref_params, self._to_device(batcher.make_batch(indices)))
+            sums, w, _ = self.step_fns.evaluate(self.state.params, self.ref_params,
+                                                self._to_device(batcher.make_batch(indices), table=table))
             sums = jax.device_get(sums)
             for k, v in sums.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
