@@ -18,7 +18,11 @@ def parse_flags(argv: list[str]) -> list[str]:
         message = None
         for arg in argv[1:]:
             if arg.startswith("--config."):
-                message = unknown_key_message(arg[len("--config."):].split("=", 1)[0])
+                key = arg[len("--config."):].split("=", 1)[0]
+                message = unknown_key_message(key)
+                if message is None and isinstance(e, (AttributeError, KeyError)) and key.rsplit(".", 1)[-1] in str(e):
+                    message = (f"cannot set config.{key} from the command line: the config file does not define "
+                               "it, and overrides only change existing keys; set it in the config file.")
                 if message:
                     break
         print(f"error: {message or str(e).strip().splitlines()[0]}", file=sys.stderr)

@@ -27,3 +27,34 @@ def run_algorithm(cfg, workdir: str, *, task_data=None, progress: bool = False):
     inputs.evaluate = capture
     result = ALGORITHMS[cfg.algorithm].train(runtime, inputs, workdir, progress=progress)
     return result, captured.get("params")
+
+
+def preempt_during(monkeypatch, workdir_suffix: str, step: int, run, *, match: str) -> None:
+    """Run ``run()`` with the CLI's signal handling, sending SIGTERM to this process after optimizer step ``step``
+    of the training session whose workdir ends with ``workdir_suffix``; assert it unwinds with ``Preempted``
+    (message matching ``match``) and leave the process as it was."""
+    import os
+    import signal
+
+    import pytest
+
+    from jaxpref import errors
+    from jaxpref.train import preemption
+    from jaxpref.train import trainer as trainer_mod
+
+    original_fit = trainer_mod.Trainer.fit
+
+    def fit_with_sigterm(self, *a, **k):
+        if self.workdir.endswith(workdir_suffix):
+            k["on_step"] = lambda s, m: os.kill(os.getpid(), signal.SIGTERM) if s == step else None
+        return original_fit(self, *a, **k)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "fit", fit_with_sigterm)
+    previous = preemption.handle_signals()
+    try:
+        with pytest.raises(errors.Preempted, match=match):
+            run()
+    finally:
+        preemption.restore_signals(previous)
+        preemption.clear()
+        monkeypatch.setattr(trainer_mod.Trainer, "fit", original_fit)

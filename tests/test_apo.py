@@ -14,7 +14,7 @@ from jaxpref.configs_base import load_config_file
 from jaxpref.losses import adversarial_rm_loss, adversarial_rm_pair_losses, adversarial_rm_pair_weights
 from jaxpref.models import reward as R
 
-from helpers import run_algorithm
+from helpers import preempt_during, run_algorithm
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
 
@@ -197,28 +197,8 @@ def test_one_game_changes_both_states_and_resumes_mid_round(tiny_apo, tmp_path, 
             == json.loads((tmp_path / "full" / "round_1" / "policy_pairs.json").read_text()))
     # SIGTERM inside round 0's reward-model training: the RM phase saves and stops, nothing downstream runs on the
     # half-trained RM (no policy pairs, no round checkpoint), and the re-run equals the uninterrupted game
-    import signal
-
-    from jaxpref import errors
-    from jaxpref.train import preemption
-    from jaxpref.train import trainer as trainer_mod
-
-    original_fit = trainer_mod.Trainer.fit
-
-    def sigterm_in_rm(self, *a, **k):
-        if self.workdir.endswith(os.path.join("round_0", "rm")):
-            k["on_step"] = lambda step, m: os.kill(os.getpid(), signal.SIGTERM) if step == 1 else None
-        return original_fit(self, *a, **k)
-
-    monkeypatch.setattr(trainer_mod.Trainer, "fit", sigterm_in_rm)
-    previous = preemption.handle_signals()
-    try:
-        with pytest.raises(errors.Preempted, match="reward-model training"):
-            run_algorithm(cfg, str(tmp_path / "sigterm"), task_data=td)
-    finally:
-        preemption.restore_signals(previous)
-        preemption.clear()
-    monkeypatch.setattr(trainer_mod.Trainer, "fit", original_fit)
+    preempt_during(monkeypatch, os.path.join("round_0", "rm"), 1,
+                   lambda: run_algorithm(cfg, str(tmp_path / "sigterm"), task_data=td), match="reward-model training")
     assert not (tmp_path / "sigterm" / "round_0" / "policy_pairs.json").exists()
     assert not (tmp_path / "sigterm" / "checkpoints" / "0").exists()
     again, _ = run_algorithm(cfg, str(tmp_path / "sigterm"), task_data=td)

@@ -13,7 +13,7 @@ from jaxpref import data as D
 from jaxpref.algorithms import ropo
 from jaxpref.train import trainer as trainer_mod
 
-from helpers import run_algorithm
+from helpers import preempt_during, run_algorithm
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -123,30 +123,10 @@ def test_sigterm_in_round_0_writes_no_round_record_and_resumes_to_the_same_resul
                                                                                     monkeypatch):
     """SIGTERM during round 0's theta-step: the step finishes and is saved, no w-step runs on the half-trained
     policy, no round.json is written, Preempted unwinds; the re-run equals the uninterrupted run."""
-    import os
-    import signal
-
-    from jaxpref import errors
-    from jaxpref.train import preemption
-
     cfg, td, rows = tiny_task
     full, p_full = full_run
-    original_fit = trainer_mod.Trainer.fit
-
-    def sigterm_at_step_2(self, *a, **k):
-        if self.workdir.endswith("round_0"):
-            k["on_step"] = lambda step, m: os.kill(os.getpid(), signal.SIGTERM) if step == 2 else None
-        return original_fit(self, *a, **k)
-
-    monkeypatch.setattr(trainer_mod.Trainer, "fit", sigterm_at_step_2)
-    previous = preemption.handle_signals()
-    try:
-        with pytest.raises(errors.Preempted, match="round 1"):
-            run_algorithm(cfg, str(tmp_path / "run"), task_data=td)
-    finally:
-        preemption.restore_signals(previous)
-        preemption.clear()
-    monkeypatch.setattr(trainer_mod.Trainer, "fit", original_fit)
+    preempt_during(monkeypatch, "round_0", 2, lambda: run_algorithm(cfg, str(tmp_path / "run"), task_data=td),
+                   match="round 1")
     assert not (tmp_path / "run" / "round_0" / "round.json").exists()
     assert sorted(int(p.name) for p in (tmp_path / "run" / "round_0" / "checkpoints").iterdir() if p.name.isdigit())[-1] == 2
     resumed, p_res = run_algorithm(cfg, str(tmp_path / "run"), task_data=td)
