@@ -24,7 +24,6 @@ available, and the knobs that would help (exit 1). A bad config or topology is o
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys

@@ -5,6 +5,18 @@ from __future__ import annotations
 import jax
 
 
+def trainer_from_config(cfg, workdir: str, **kwargs):
+    """A :class:`jaxpref.train.Trainer` for a DPO-style run of ``cfg``: the runtime, the rows of ``config.data``
+    (through the real-data adapter) and the starting params of ``config.model``."""
+    from jaxpref.tasks import real
+    from jaxpref.train import Runtime, Trainer
+
+    runtime = Runtime.build(cfg)
+    rows, eval_rows = real.load_rows(cfg)
+    kwargs.setdefault("eval_rows", eval_rows)
+    return Trainer(runtime, workdir, rows, params=runtime.initial_params(), **kwargs)
+
+
 def run_algorithm(cfg, workdir: str, *, task_data=None, progress: bool = False):
     """``(result, final params on the host)`` of ``cfg.algorithm`` over the task adapter of ``cfg`` (with prebuilt
     gold-task data ``task_data``). The params are captured through the task's evaluation callback -- the hook

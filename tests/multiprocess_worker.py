@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
 from test_train import tiny_config  # noqa: E402
 
-from jaxpref.train import Trainer  # noqa: E402
+from helpers import trainer_from_config  # noqa: E402
 
 cfg = tiny_config(num_steps=3)
 cfg.mesh.num_devices = 0
@@ -22,7 +22,7 @@ cfg.distributed.coordinator_address = f"127.0.0.1:{port}"
 cfg.distributed.num_processes = 2
 cfg.distributed.process_id = process_id
 cfg.distributed.cpu_collectives = "gloo"
-trainer = Trainer.from_config(cfg, workdir, progress=False)
+trainer = trainer_from_config(cfg, workdir, progress=False)
 assert jax.process_count() == 2 and len(jax.devices()) == 4
 out = trainer.fit()
 from jaxpref.train.trainer import host_tree  # noqa: E402

@@ -13,8 +13,8 @@ import pytest
 from jaxpref import models as M
 from jaxpref.configs_base import LORA_TARGETS, load_config_file, validate
 from jaxpref.models import lora as L
-from jaxpref.train import Trainer
 from jaxpref.train.logging import read_metrics
+from helpers import trainer_from_config
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 CONFIGS = os.path.join(ROOT, "configs")
@@ -64,7 +64,7 @@ def _lora_count(cfg: M.ModelConfig, rank: int, targets) -> int:
 def frozen_run(tmp_path_factory):
     """Three LoRA steps (frozen reference, adapters on all seven projections) with the base as it was before."""
     workdir = str(tmp_path_factory.mktemp("lora_frozen"))
-    trainer = Trainer.from_config(_tiny(), workdir, progress=False)
+    trainer = trainer_from_config(_tiny(), workdir, progress=False)
     base_before = _host(trainer.base)
     start = _host(trainer.state.params)
     trainer.fit()
@@ -126,7 +126,7 @@ def test_cached_reference_with_lora_equals_frozen(frozen_run, tmp_path):
     frozen, _, _, frozen_losses = frozen_run
     cfg = _tiny()
     cfg.reference.mode = "cached"
-    cached = Trainer.from_config(cfg, str(tmp_path), progress=False)
+    cached = trainer_from_config(cfg, str(tmp_path), progress=False)
     assert not cached.ref_cache.hit
     # the table was computed with the adapters off: the base's log-probs, equal to the frozen step's reference
     _, frozen_ref = frozen.pair_logps(frozen.state.params, frozen.pairs, with_reference=True)
@@ -146,7 +146,7 @@ def test_sharded_lora_equals_single_device(frozen_run, tmp_path):
     single, _, _, single_losses = frozen_run
     cfg = _tiny()
     cfg.mesh.num_devices, cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 0, 2, 2, 2
-    sharded = Trainer.from_config(cfg, str(tmp_path), progress=False)
+    sharded = trainer_from_config(cfg, str(tmp_path), progress=False)
     lora = sharded.state.params["lora"]["layers_0"]
     assert lora["self_attn"]["q_proj"]["lora_a"].sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
     assert lora["self_attn"]["o_proj"]["lora_a"].sharding.spec == jax.sharding.PartitionSpec("tensor", None, None)
@@ -166,17 +166,17 @@ def test_kill_and_resume_equals_uninterrupted_with_dropout(frozen_run, tmp_path)
     """LoRA dropout on: the per-step keys come from the saved state, so a resumed run draws the same masks."""
     _, _, _, no_dropout = frozen_run
     cfg = _tiny(num_steps=3, dropout=0.3)
-    full = Trainer.from_config(cfg, str(tmp_path / "full"), progress=False)
+    full = trainer_from_config(cfg, str(tmp_path / "full"), progress=False)
     full.fit()
     full.close()
-    part = Trainer.from_config(cfg, str(tmp_path / "part"), progress=False)
+    part = trainer_from_config(cfg, str(tmp_path / "part"), progress=False)
     part.fit(num_steps=2)  # "killed" after the checkpoint of step 2
     part.close()
     # the checkpoint holds the adapters, their optimizer state and the data position -- not the base
     ckpt = tmp_path / "part" / "checkpoints" / "2"
     ckpt_bytes = sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
     assert ckpt_bytes < 0.05 * 4 * M.preset("tiny_llama", vocab_size=32000).num_params(), ckpt_bytes
-    resumed = Trainer.from_config(cfg, str(tmp_path / "part"), progress=False)
+    resumed = trainer_from_config(cfg, str(tmp_path / "part"), progress=False)
     assert resumed.fit()["step"] == 3
     resumed.close()
     a, b = _losses(str(tmp_path / "full")), _losses(str(tmp_path / "part"))
@@ -200,7 +200,7 @@ def test_peft_adapter_and_merged_export_reproduce_the_trained_policy(tmp_path):
     cfg = _tiny(num_steps=3)
     cfg.model.preset, cfg.model.hf_dir, cfg.model.overrides = "", base_dir, {}
     cfg.export.hf = True
-    trainer = Trainer.from_config(cfg, str(tmp_path / "run"), progress=False)
+    trainer = trainer_from_config(cfg, str(tmp_path / "run"), progress=False)
     out = trainer.maybe_export(trainer.fit())
     assert set(out) == {"hf_export", "hf_adapter"}
     adapter_cfg = json.load(open(os.path.join(out["hf_adapter"], "adapter_config.json")))

@@ -8,11 +8,11 @@ import pytest
 from hf_fixtures import smollm2_hf_dir
 
 from jaxpref.configs_base import load_config_file
+from helpers import trainer_from_config
 
 
 @pytest.mark.slow
 def test_smollm2_dpo_on_hh_reports_preference_accuracy(tmp_path):
-    from jaxpref.train import Trainer
 
     cfg = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "dpo_smollm2_hh.py"))
     path = smollm2_hf_dir()
@@ -25,7 +25,7 @@ def test_smollm2_dpo_on_hh_reports_preference_accuracy(tmp_path):
     cfg.reference.mode = "frozen"
     cfg.mesh.num_devices = 1
     cfg.export.hf = False
-    trainer = Trainer.from_config(cfg, str(tmp_path), progress=False)
+    trainer = trainer_from_config(cfg, str(tmp_path), progress=False)
     before = trainer.evaluate()
     assert abs(before["loss"] - np.log(2)) < 1e-4  # policy == reference at the start
     trainer.fit()

@@ -7,7 +7,6 @@ import os
 import numpy as np
 import pytest
 
-from jaxpref.algorithms import reward_conditioned as RC
 from jaxpref.configs_base import load_config_file
 from jaxpref.tasks import synthetic as S
 

@@ -15,9 +15,10 @@ from jaxpref import data as D
 from jaxpref import models as M
 from jaxpref import sharding as S
 from jaxpref.configs_base import base_config
-from jaxpref.train import StepFns, Trainer, dpo_pair_loss, make_optimizer
+from jaxpref.train import StepFns, dpo_pair_loss, make_optimizer
 from jaxpref.train.logging import read_metrics
 from jaxpref.train.state import create_sharded_state, state_shardings
+from helpers import trainer_from_config
 
 TOK = "mistral"
 
@@ -113,13 +114,13 @@ def _losses(workdir):
 
 def test_kill_and_resume_reproduces_losses(tmp_path):
     cfg = tiny_config(num_steps=6, save_every=3)
-    full = Trainer.from_config(cfg, str(tmp_path / "full"), progress=False)
+    full = trainer_from_config(cfg, str(tmp_path / "full"), progress=False)
     full.fit()
     full.close()
-    part = Trainer.from_config(cfg, str(tmp_path / "part"), progress=False)
+    part = trainer_from_config(cfg, str(tmp_path / "part"), progress=False)
     part.fit(num_steps=3)  # "killed" after the checkpoint at step 3
     part.close()
-    resumed = Trainer.from_config(cfg, str(tmp_path / "part"), progress=False)
+    resumed = trainer_from_config(cfg, str(tmp_path / "part"), progress=False)
     assert resumed.fit()["step"] == 6
     resumed.close()
     a, b = _losses(str(tmp_path / "full")), _losses(str(tmp_path / "part"))
@@ -130,7 +131,7 @@ def test_kill_and_resume_reproduces_losses(tmp_path):
 
 def test_sigterm_saves_and_stops(tmp_path):
     cfg = tiny_config(num_steps=6)
-    t = Trainer.from_config(cfg, str(tmp_path), progress=False)
+    t = trainer_from_config(cfg, str(tmp_path), progress=False)
     from jaxpref.train import preemption
 
     previous = preemption.handle_signals()  # what the CLI does for the whole run
@@ -146,7 +147,7 @@ def test_sigterm_saves_and_stops(tmp_path):
 
 def test_nonfinite_loss_stops_with_last_good_checkpoint(tmp_path):
     cfg = tiny_config(num_steps=6, save_every=2)
-    t = Trainer.from_config(cfg, str(tmp_path), progress=False)
+    t = trainer_from_config(cfg, str(tmp_path), progress=False)
 
     def poison(step, metrics):
         if step == 3:
@@ -156,7 +157,7 @@ def test_nonfinite_loss_stops_with_last_good_checkpoint(tmp_path):
         t.fit(on_step=poison)
     assert t.checkpointer.latest_step() == 2
     t.close()
-    again = Trainer.from_config(cfg, str(tmp_path), progress=False)
+    again = trainer_from_config(cfg, str(tmp_path), progress=False)
     again.maybe_restore()
     assert int(again.state.step) == 2
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(again.state.params))
@@ -166,7 +167,7 @@ def test_nonfinite_loss_stops_with_last_good_checkpoint(tmp_path):
 def test_dpo_learns_the_training_pairs(tmp_path):
     cfg = tiny_config(num_steps=30, learning_rate=3e-3)
     cfg.data.max_rows = 16
-    t = Trainer.from_config(cfg, str(tmp_path), progress=False)
+    t = trainer_from_config(cfg, str(tmp_path), progress=False)
     before = t.evaluate(t.batcher)
     t.fit()
     after = t.evaluate(t.batcher)
@@ -179,10 +180,10 @@ def test_reference_cache_hit_and_equal_to_frozen(tmp_path):
     cfg = tiny_config(num_steps=2)
     cfg.reference.mode = "cached"
     cfg.reference.cache_dir = str(tmp_path / "cache")
-    first = Trainer.from_config(cfg, str(tmp_path / "a"), progress=False)
+    first = trainer_from_config(cfg, str(tmp_path / "a"), progress=False)
     assert not first.ref_cache.hit
     cfg_frozen = tiny_config(num_steps=2)
-    frozen = Trainer.from_config(cfg_frozen, str(tmp_path / "b"), progress=False)
+    frozen = trainer_from_config(cfg_frozen, str(tmp_path / "b"), progress=False)
     batch = first.batcher.make_batch(first.batcher.epoch_plan(0)[0])
     _, _, out_cached = first.step_fns.evaluate(first.state.params, None, first._to_device(batch))
     _, _, out_frozen = frozen.step_fns.evaluate(frozen.state.params, frozen.ref_params, frozen._to_device(batch))
@@ -205,11 +206,11 @@ def test_reference_cache_hit_and_equal_to_frozen(tmp_path):
         assert not np.allclose(policy[0], ref[0], rtol=1e-3)
     first.close()
     frozen.close()
-    second = Trainer.from_config(cfg, str(tmp_path / "c"), progress=False)
+    second = trainer_from_config(cfg, str(tmp_path / "c"), progress=False)
     assert second.ref_cache.hit
     second.close()
     cfg.data.max_length = 80  # any input change gives a new key
-    third = Trainer.from_config(cfg, str(tmp_path / "d"), progress=False)
+    third = trainer_from_config(cfg, str(tmp_path / "d"), progress=False)
     assert not third.ref_cache.hit
     third.close()
 
@@ -250,7 +251,7 @@ def test_7b_recipe_dtypes_move_every_master_weight(tmp_path):
     for param_dtype in ("float32", "bfloat16"):
         cfg = tiny_config(num_steps=1, learning_rate=recipe.train.learning_rate)
         cfg.model.dtype, cfg.model.param_dtype = recipe.model.dtype, param_dtype
-        t = Trainer.from_config(cfg, str(tmp_path / param_dtype), progress=False)
+        t = trainer_from_config(cfg, str(tmp_path / param_dtype), progress=False)
         before = jax.device_get(t.state.params)
         t.fit()
         after = jax.device_get(t.state.params)
@@ -272,7 +273,7 @@ def test_cached_reference_evaluates_held_out_pairs_against_their_own_reference(t
         cfg = tiny_config(num_steps=1, learning_rate=1e-30)
         cfg.data.eval_fraction = 0.25
         cfg.reference.mode = mode
-        t = Trainer.from_config(cfg, str(tmp_path / mode), progress=False)
+        t = trainer_from_config(cfg, str(tmp_path / mode), progress=False)
         t.fit()
         ev = t.evaluate()
         t.close()

@@ -124,17 +124,6 @@ class Trainer:
         log.info("%s: trainable %s of %s params (%.1f%%)", label, _human(counts["trainable_params"]),
                  _human(counts["total_params"]), 100.0 * counts["trainable_params"] / max(counts["total_params"], 1))
 
-    @classmethod
-    def from_config(cls, cfg, workdir: str, **kwargs) -> "Trainer":
-        """Runtime, rows (``config.data``) and starting params (``config.model``) from ``cfg``: a DPO-style run in
-        one call (tests, scripts)."""
-        from jaxpref.tasks import real
-
-        runtime = Runtime.build(cfg)
-        rows, eval_rows = real.load_rows(cfg)
-        kwargs.setdefault("eval_rows", eval_rows)
-        return cls(runtime, workdir, rows, params=runtime.initial_params(), **kwargs)
-
     # ---- the trained model ---------------------------------------------------------------------------
 
     def merged_params(self):
