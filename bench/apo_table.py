@@ -1,4 +1,4 @@
-"""Issue 11 evidence: APO vs the base-RM baseline (apo_weight 0, same compute), with rejection sampling and
+"""Evidence: APO vs the base-RM baseline (apo_weight 0, same compute), with rejection sampling and
 with DPO, plus the paper's ablations (no human-pair term; the "diff" form) and a heavier adversarial term
 (apo_weight 1.0 instead of 0.1), with both policy updates.
 

@@ -1,4 +1,4 @@
-"""Issue 10 evidence: DPO on N pairs vs DPO on the 2N reward-augmented pairs vs the half-size augmented set.
+"""Evidence: DPO on N pairs vs DPO on the 2N reward-augmented pairs vs the half-size augmented set.
 
     python -m jaxpref.eval.compare --spec=bench/rcdpo_table.py --out=docs/results/rcdpo_table
 

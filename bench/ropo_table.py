@@ -1,4 +1,4 @@
-"""Issue 8 evidence: DPO, cDPO, rDPO, ROPO and two ROPO ablations on the gold-reward task.
+"""Evidence: DPO, cDPO, rDPO, ROPO and two ROPO ablations on the gold-reward task.
 
     python -m jaxpref.eval.compare --spec=bench/ropo_table.py --out=results/ropo_table
 

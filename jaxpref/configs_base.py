@@ -222,7 +222,7 @@ def apo_config() -> ml_collections.ConfigDict:
     a.samples_per_prompt = 4  # K: policy samples per prompt, for both the RM's adversarial pairs and best-of-K
     a.rank_weight = 1.0  # c_rank: human-pair Bradley-Terry term (0 = the paper's GAIL-style ablation)
     # c_apo: adversarial (golden vs sample) term; 0 = the base-RM baseline (same compute). 0.1 is the paper's;
-    # on the gold-reward task only 1.0 beat the base RM (BENCHMARKS.md, issue 11)
+    # on the gold-reward task only 1.0 beat the base RM (BENCHMARKS.md)
     a.apo_weight = 0.1
     a.form = "ranking"  # ranking (-log sigma(r_gold - r_sample)) | diff (-(r_gold - r_sample), WGAN-style)
     a.rm_reinit = True  # re-initialise the RM from its base every round (the paper found continuing worse)
