@@ -84,7 +84,7 @@ def _check_writable(workdir: str) -> None:
     path = epath.Path(workdir)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_probe"
+        probe = path / f".write_probe.{os.getpid()}"  # one per process: hosts of a run share the workdir
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
