@@ -101,7 +101,7 @@ class Trainer:
         # ref_params: the steps' second argument -- the frozen reference copy (full fine-tuning, "frozen"), the
         # frozen base (LoRA, whatever the mode), or None.
         self.ref_params = self.ref_table = self.ref_cache = self.base = None
-        self._eval_ref_tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._eval_ref_tables: dict[int, tuple[D.PairBatcher, tuple[np.ndarray, np.ndarray]]] = {}
         self._last_metrics: dict = {}
         if self.lora:
             weights_full = runtime.place(params, copy=False)
@@ -263,9 +263,10 @@ class Trainer:
         if self.reference == "cached" and batcher is not self.batcher:
             # the cached table holds the *train* pairs' reference log-probs: other pairs get their own pass
             key = id(batcher)
-            if key not in self._eval_ref_tables:
-                self._eval_ref_tables[key] = self.reference_logps(batcher.pairs)
-            table = self._eval_ref_tables[key]
+            # the batcher is kept with its table: a temporary batcher's id may be reused by a later one
+            if key not in self._eval_ref_tables or self._eval_ref_tables[key][0] is not batcher:
+                self._eval_ref_tables[key] = (batcher, self.reference_logps(batcher.pairs))
+            table = self._eval_ref_tables[key][1]
         totals: dict[str, float] = {}
         weight = 0.0
         for indices in batcher.epoch_plan(0):
