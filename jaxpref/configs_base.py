@@ -564,12 +564,9 @@ def has_training_state(workdir) -> bool:
 def write_run_config(workdir, cfg) -> None:
     """Write the resolved config to ``<workdir>/config.json`` (process 0; atomic)."""
     import jax
-    from etils import epath
+
+    from jaxpref import paths
 
     if jax.process_index() != 0:
         return
-    path = epath.Path(workdir) / CONFIG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(config_to_dict(cfg), indent=1, sort_keys=True))
-    tmp.replace(path)
+    paths.write_json(paths.join(workdir, CONFIG_FILE), config_to_dict(cfg), indent=1, sort_keys=True)

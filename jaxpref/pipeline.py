@@ -89,3 +89,5 @@ def _check_writable(workdir: str) -> None:
         probe.unlink()
     except OSError as e:
         raise ConfigError(f"--workdir={workdir} is not writable ({e.strerror or e}); choose another directory.") from None
+    except ImportError as e:  # fsspec's "install gcsfs/s3fs to access ..." for an object-store URI
+        raise ConfigError(f"--workdir={workdir}: {e} (for gs:// workdirs: pip install -e '.[gcs]').") from None

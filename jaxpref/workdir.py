@@ -4,7 +4,7 @@
 a second run on the same workdir is refused with one line naming the holder, and a lock left by a dead
 process on this host is taken over with a warning. :func:`check_record` compares the run's data and model
 fingerprints with ``<workdir>/run.json`` so that resuming a workdir with other data or weights under the
-same paths is refused, not silently continued. Paths go through ``etils.epath`` (local or ``gs://``).
+same paths is refused, not silently continued. Paths go through ``etils.epath`` (local or ``gs://``; writes via :mod:`jaxpref.paths`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import socket
 import xxhash
 from etils import epath
 
+from jaxpref import paths
 from jaxpref.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -102,4 +103,4 @@ def check_record(workdir: str, record: dict, *, resuming: bool, allow_changes: b
             raise ConfigError(f"{workdir} was started with other contents: {what} changed (same config paths, "
                               "different contents). Use a new --workdir, or pass --allow_config_changes.")
     if jax.process_index() == 0:
-        path.write_text(json.dumps(record, indent=1))
+        paths.write_json(path, record, indent=1)

@@ -38,7 +38,6 @@ RM-DPO. Ablations: ``rank_weight = 0`` (no human-pair term), ``form = "diff"``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -46,6 +45,7 @@ import jax
 import numpy as np
 
 from jaxpref import data as D
+from jaxpref import paths
 from jaxpref.algorithms import reward_model as RMod
 from jaxpref.algorithms import sampling as Sm
 from jaxpref.errors import ConfigError
@@ -105,15 +105,11 @@ def policy_train_section(runtime: Runtime, round_index: int):
 
 def _write_json(path: str, obj) -> None:
     if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(obj, f)
-        os.replace(path + ".tmp", path)
+        paths.write_json(path, obj)
 
 
 def _read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
+    return paths.read_json(path)
 
 
 class Game:
@@ -264,7 +260,7 @@ class Game:
             adv_path, pol_path = os.path.join(rdir, "adversarial.json"), os.path.join(rdir, "policy_pairs.json")
             sampler = _Lazy(lambda p=policy_params: self.runtime.merge(self.sft_params, p))  # pi_{t-1}: model params
             # (1) adversarial pairs from pi_{t-1}
-            if not os.path.exists(adv_path):
+            if not paths.exists(adv_path):
                 rows = self.adversarial_rows(sampler(), r)
                 preemption.raise_if_requested(f"in APO round {r + 1} while sampling for the RM")
                 _write_json(adv_path, rows)
@@ -274,7 +270,7 @@ class Game:
             require_done(rm.fit(), f"APO round {r + 1} reward-model training")
             record = {"round": r + 1, "num_adversarial": len(adversarial), **self.rm_metrics(rm, sampler, r)}
             # (3) policy pairs scored by the new RM
-            if not os.path.exists(pol_path):
+            if not paths.exists(pol_path):
                 rows = self.policy_rows(sampler(), rm, r)
                 preemption.raise_if_requested(f"in APO round {r + 1} while sampling for the policy")
                 _write_json(pol_path, rows)

@@ -46,13 +46,13 @@ evaluation callback) and never knows which task it runs on. Config keys (``confi
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
 import jax
 import numpy as np
 
+from jaxpref import paths
 from jaxpref.algorithms import sampling as Sm
 from jaxpref.eval.metrics import flag_auroc, flag_precision_recall
 from jaxpref.losses import dpo_loss, ropo_loss
@@ -166,9 +166,7 @@ def _flag_metrics(rows: list[dict], discarded_ids: set[str]) -> dict:
 
 def _write_json(path: str, obj) -> None:
     if jax.process_index() == 0:
-        with open(path + ".tmp", "w") as f:
-            json.dump(obj, f, default=float)
-        os.replace(path + ".tmp", path)
+        paths.write_json(path, obj, default=float)
 
 
 def train(runtime: Runtime, inputs: TaskInputs, workdir: str, *, progress: bool = True) -> dict:
@@ -190,9 +188,8 @@ def train(runtime: Runtime, inputs: TaskInputs, workdir: str, *, progress: bool 
 
     for r in range(rounds):
         record_path = os.path.join(workdir, f"round_{r}", "round.json")
-        if os.path.exists(record_path) and r < rounds - 1:
-            with open(record_path) as f:
-                record = json.load(f)
+        if paths.exists(record_path) and r < rounds - 1:
+            record = paths.read_json(record_path)
             records.append(record)
             current = record["next_rows"]
             if not rcfg.restart_from_initial:  # the next round starts from this round's final policy

@@ -8,6 +8,7 @@ import os
 import jax
 
 from jaxpref import models as M
+from jaxpref import paths
 from jaxpref.train.runtime import Runtime, host_tree, model_dir
 
 
@@ -25,7 +26,8 @@ def export_hf(runtime: Runtime, params, out_dir: str) -> str | None:
         kwargs["tokenizer_dir"] = tok_dir
     if runtime.cfg.model.hf_dir:
         kwargs["source_dir"] = model_dir(runtime.cfg)
-    M.save_pretrained(runtime.model, host, out_dir, **kwargs)
+    with paths.staged_dir(out_dir) as local:  # transformers writes local files; uploaded when out_dir is remote
+        M.save_pretrained(runtime.model, host, local, **kwargs)
     return out_dir
 
 
@@ -38,7 +40,9 @@ def export_adapter(runtime: Runtime, trainable, out_dir: str) -> str | None:
     if jax.process_index() != 0:
         return None
     base = model_dir(runtime.cfg) if runtime.cfg.model.hf_dir else None
-    return M.save_peft_adapter(adapters, runtime.model.config, runtime.lora, out_dir, base_model_name_or_path=base)
+    with paths.staged_dir(out_dir) as local:
+        M.save_peft_adapter(adapters, runtime.model.config, runtime.lora, local, base_model_name_or_path=base)
+    return out_dir
 
 
 def export_trained(runtime: Runtime, weights, trainable, out_dir: str, *, adapter_dir: str | None = None) -> dict:

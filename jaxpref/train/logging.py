@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import jax
+
+from jaxpref import paths
 
 
 class MetricLogger:
@@ -15,37 +16,30 @@ class MetricLogger:
 
     def __init__(self, workdir: str, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.workdir = workdir
+        self.path = paths.join(workdir, "metrics.jsonl")
         self._writer = None
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
-            from tensorboardX import SummaryWriter
-
-            self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            paths.makedirs(workdir)
+            self._writer = paths.tensorboard_writer(paths.join(workdir, "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
         """Drop records of steps after ``step`` (a resumed run repeats them) from metrics.jsonl, and start
         TensorBoard's event stream over from ``step + 1`` (tensorboardX's ``purge_step``)."""
         if not self.enabled:
             return
-        records = read_metrics(os.path.dirname(self.path))
+        records = read_metrics(self.workdir)
         kept = [r for r in records if r["step"] <= step]
         if len(kept) != len(records):
-            tmp = self.path + ".tmp"
-            with open(tmp, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in kept)
-            os.replace(tmp, self.path)
-        from tensorboardX import SummaryWriter
-
+            paths.write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._writer.close()
-        self._writer = SummaryWriter(os.path.join(os.path.dirname(self.path), "tensorboard"), purge_step=step + 1)
+        self._writer = paths.tensorboard_writer(paths.join(self.workdir, "tensorboard"), purge_step=step + 1)
 
     def log(self, step: int, metrics: dict, prefix: str = "train") -> None:
         if not self.enabled:
             return
         clean = {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
+        paths.append_text(self.path, json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
         for k, v in clean.items():
             self._writer.add_scalar(k, v, int(step))
 
@@ -60,17 +54,14 @@ class MetricLogger:
 
 def read_metrics(workdir: str) -> list[dict]:
     """The JSONL records written by :class:`MetricLogger`."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = paths.join(workdir, "metrics.jsonl")
+    if not paths.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in paths.read_text(path).splitlines() if line.strip()]
 
 
 def write_results(workdir: str, result: dict) -> None:
     """Write ``<workdir>/results.json`` (process 0 only; floats from numpy/jax are converted)."""
     if jax.process_index() != 0:
         return
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(result, f, indent=2, default=float)
+    paths.write_json(paths.join(workdir, "results.json"), result, indent=2, default=float)

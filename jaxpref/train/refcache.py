@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from typing import Any, Callable
 
 import jax
 import numpy as np
+
+from jaxpref import paths
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,10 @@ class ReferenceCache:
     """``chosen``/``rejected`` reference log-probs ``[N]`` for the pairs of a batcher (indexed by pair index)."""
 
     def __init__(self, cache_dir: str, key: str, num_pairs: int):
-        self.path = os.path.join(cache_dir, f"ref_logps-{key}-host{jax.process_index()}.npz")
+        self.path = paths.join(cache_dir, f"ref_logps-{key}-host{jax.process_index()}.npz")
         self.partial_path = self.path.replace(".npz", ".partial.npz")
         self.num_pairs = num_pairs
-        os.makedirs(cache_dir, exist_ok=True)
+        paths.makedirs(cache_dir)
         self.hit = False
 
     def load_or_compute(self, batcher, logps_fn: Callable[[dict], tuple[Any, Any, Any]], *, save_every: int = 20,
@@ -67,10 +68,10 @@ class ReferenceCache:
         ``logps_fn(local_batch) -> (chosen [P], rejected [P], pair_index [P])`` as host numpy arrays of the
         *global* batch (so every host fills the whole table).
         """
-        if os.path.exists(self.path):
+        if paths.exists(self.path):
             try:
-                with np.load(self.path) as f:
-                    chosen, rejected = f["chosen"], f["rejected"]
+                f = paths.load_npz(self.path)
+                chosen, rejected = f["chosen"], f["rejected"]
                 if chosen.shape == rejected.shape == (self.num_pairs,):
                     self.hit = True
                     log.info("reference log-probs: cache hit %s", self.path)
@@ -82,10 +83,10 @@ class ReferenceCache:
         chosen = np.zeros(self.num_pairs, np.float32)
         rejected = np.zeros(self.num_pairs, np.float32)
         done = np.zeros(self.num_pairs, bool)
-        if os.path.exists(self.partial_path):
+        if paths.exists(self.partial_path):
             try:
-                with np.load(self.partial_path) as f:
-                    chosen, rejected, done = f["chosen"], f["rejected"], f["done"]
+                f = paths.load_npz(self.partial_path)
+                chosen, rejected, done = f["chosen"], f["rejected"], f["done"]
                 log.info("reference log-probs: resuming, %d of %d done", int(done.sum()), self.num_pairs)
             except (OSError, ValueError, KeyError, EOFError) as e:  # a torn file from a killed run: start over
                 log.warning("reference log-probs: ignoring the unreadable partial file %s (%s)", self.partial_path, e)
@@ -98,15 +99,10 @@ class ReferenceCache:
             c, r, idx = logps_fn(batcher.make_batch(indices))
             real = idx >= 0
             chosen[idx[real]], rejected[idx[real]], done[idx[real]] = c[real], r[real], True
-            if n % save_every == 0:  # written aside and renamed, so a kill never leaves a torn file
-                tmp = self.partial_path + ".tmp.npz"
-                np.savez(tmp, chosen=chosen, rejected=rejected, done=done)
-                os.replace(tmp, self.partial_path)
+            if n % save_every == 0:  # atomic (paths.write_bytes), so a kill never leaves a torn file
+                paths.save_npz(self.partial_path, chosen=chosen, rejected=rejected, done=done)
         if not done.all():
             raise RuntimeError(f"reference precompute left {int((~done).sum())} pairs without log-probs")
-        tmp = self.path + ".tmp.npz"
-        np.savez(tmp, chosen=chosen, rejected=rejected)
-        os.replace(tmp, self.path)
-        if os.path.exists(self.partial_path):
-            os.remove(self.partial_path)
+        paths.save_npz(self.path, chosen=chosen, rejected=rejected)
+        paths.remove(self.partial_path)
         return chosen, rejected

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from jaxpref import data as D
+from jaxpref import paths
 from jaxpref.errors import ConfigError
 from jaxpref.train import loop, refcache
 from jaxpref.train.checkpoint import Checkpointer, abstract_with_shardings
@@ -82,7 +83,7 @@ class Trainer:
         if self.lora and reference_params is not None and reference_params is not params:
             raise ValueError("with LoRA the reference is the base (params) with the adapters off; do not pass "
                              "another reference_params.")
-        os.makedirs(workdir, exist_ok=True)
+        paths.makedirs(workdir)
         self.rows, self.eval_rows = rows, eval_rows
         self.pairs = with_weights(runtime.tokenize(rows, progress=progress), weights, groups)
         log.info("%s: %s", label, self.pairs.report.summary())
