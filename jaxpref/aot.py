@@ -16,14 +16,18 @@ files are read. Shapes come from the config: the largest bucket, the micro-batch
 * APO and ``reward_model``: the reward model's three programs (its own optimizer and batch settings).
 
 It prints one table per topology: per-chip arguments, temporaries, outputs, their total against the chip's
-usable HBM, whether it fits, the per-chip FLOPs, XLA's own run-time estimate and the MFU that estimate implies
-(an *estimate* of XLA's cost model, not a measurement). Exit status 0 when everything fits; otherwise one
+usable HBM, whether it fits, the per-chip FLOPs XLA counts, XLA's own run-time estimate and the MFU that estimate
+implies (an *estimate* of XLA's cost model, not a measurement; the TPU cost model gives none for programs with
+loops, and counts a loop body once), and for the ``accumulate`` programs the model FLOPs per chip counted from the
+architecture (:func:`model_flops`) with their time at 100% of the chip's bf16 peak -- a lower bound on the step
+time, not an estimate of it. Exit status 0 when everything fits; otherwise one
 ``error:`` line per topology naming the first program that does not fit, the GiB it needs against the GiB
 available, and the knobs that would help (exit 1). A bad config or topology is one ``error:`` line (exit 2).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -81,8 +85,34 @@ def _pair_loss(cfg, which: str):
     return dpo_pair_loss(cfg.loss)
 
 
-def lowered_programs(cfg, devices) -> list[tuple[str, object]]:
-    """``[(name, jax.stages.Lowered)]`` of every program ``cfg``'s algorithm runs, over ``devices``."""
+def model_flops(cfg, mc, *, reference: str, lora: bool, rows: int, length: int, reward_head: bool = False) -> float:
+    """Model FLOPs of one ``accumulate`` call (the whole micro-batch, all chips), counted from the architecture:
+
+        matmul params   N = L * (attention + MLP projections) + (V * d unless a reward head)
+        attention       A = 4 * L * S * d per token (QK^T and AV, full S x S, as PaLM's MFU counts it)
+        training        (6 N + 3 A) * T   full fine-tuning   (forward 2, backward 4 per param per token)
+                        (4 N + 3 A) * T   LoRA               (no weight gradient for the frozen base)
+        reference       (2 N + A) * T     a frozen reference's forward in the same step
+
+    with ``T = rows * S`` tokens (the largest bucket; the compiled program runs on padded shapes, so these are the
+    FLOPs the chips must execute for the shapes compiled, not only the real tokens). Rematerialisation is not
+    counted (it is hardware work, not model work), so ``model_flops / peak`` is a lower bound on the time."""
+    d, L = mc.hidden_size, mc.num_hidden_layers
+    heads, kv = mc.num_attention_heads, mc.num_key_value_heads or mc.num_attention_heads
+    hd = mc.head_dim or d // heads
+    per_layer = d * heads * hd * 2 + d * kv * hd * 2 + 3 * d * mc.intermediate_size
+    n = L * per_layer + (0 if reward_head else mc.vocab_size * d)
+    attention = 4 * L * length * heads * hd
+    tokens = rows * length
+    total = ((4 if lora else 6) * n + 3 * attention) * tokens
+    if reference == "frozen":
+        total += (2 * n + attention) * tokens
+    return float(total)
+
+
+def lowered_programs(cfg, devices) -> list[tuple[str, object, float | None]]:
+    """``[(name, jax.stages.Lowered, model FLOPs per device or None)]`` of every program ``cfg``'s algorithm runs,
+    over ``devices`` (model FLOPs, :func:`model_flops`, for the ``accumulate`` programs)."""
     from jaxpref import sharding as S
     from jaxpref.train.runtime import Runtime, model_config
 
@@ -98,12 +128,17 @@ def lowered_programs(cfg, devices) -> list[tuple[str, object]]:
     for which, runtime, reference in runtimes:
         tx, schedule = runtime.optimizer(total_steps=1000)
         steps = runtime.steps(_pair_loss(cfg, which), tx, schedule, reference=reference)
-        lowered = steps.lower(_abstract_state(runtime, tx), runtime.abstract_batch())
+        batch = runtime.abstract_batch()
+        lowered = steps.lower(_abstract_state(runtime, tx), batch)
         prefix = "" if which == "policy" else "rm "
-        out += [(f"{prefix}{name}", lowered[name]) for name in ("accumulate", "apply", "evaluate")]
+        rows, length = batch.input_ids.shape
+        flops = model_flops(cfg, mc, reference=reference, lora=runtime.lora.enabled, rows=rows, length=length,
+                            reward_head=which == "reward_model") / len(devices)
+        out += [(f"{prefix}{name}", lowered[name], flops if name == "accumulate" else None)
+                for name in ("accumulate", "apply", "evaluate")]
     sampler = {"ropo": cfg.ropo, "apo": cfg.apo}.get(cfg.algorithm)
     if sampler is not None:
-        out.append(("sampler", _lower_sampler(policy, cfg, sampler.max_new_tokens, S)))
+        out.append(("sampler", _lower_sampler(policy, cfg, sampler.max_new_tokens, S), None))
     return out
 
 
@@ -133,12 +168,12 @@ def compile_all(cfg, topology: str, *, programs=None, progress: bool = True):
     reports = []
     lowered_all = lowered_programs(cfg, devices)
     if programs:
-        unknown = set(programs) - {name for name, _ in lowered_all}
+        unknown = set(programs) - {name for name, _, _ in lowered_all}
         if unknown:
             raise UserError(f"--programs: {sorted(unknown)} are not programs of {cfg.algorithm}; it has "
-                            f"{[name for name, _ in lowered_all]}.")
-        lowered_all = [(n, low) for n, low in lowered_all if n in programs]
-    for name, lowered in lowered_all:
+                            f"{[name for name, _, _ in lowered_all]}.")
+        lowered_all = [p for p in lowered_all if p[0] in programs]
+    for name, lowered, flops in lowered_all:
         if progress:
             print(f"[{topology}] compiling {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
@@ -149,7 +184,8 @@ def compile_all(cfg, topology: str, *, programs=None, progress: bool = True):
                 raise
             reports.append(A.refused_report(name, e, time.perf_counter() - start, devices, hbm=hbm))
             continue
-        reports.append(A.program_report(name, compiled, time.perf_counter() - start, devices, hbm=hbm))
+        report = A.program_report(name, compiled, time.perf_counter() - start, devices, hbm=hbm)
+        reports.append(dataclasses.replace(report, model_flops=flops))
     return reports
 
 
@@ -195,8 +231,8 @@ def main(argv=None) -> int:
             failures = []
             for topology in topologies.value:
                 reports = compile_all(cfg, topology, programs=programs.value, progress=not quiet.value)
-                print(f"\n{cfg.algorithm} on {topology} ({len(reports)} programs; per chip; times and MFU are XLA "
-                      "cost-model estimates, not measurements)")
+                print(f"\n{cfg.algorithm} on {topology} ({len(reports)} programs; per chip; est. time and MFU are XLA "
+                      "cost-model estimates, not measurements; time at peak = model flops / bf16 peak, a lower bound)")
                 print(A.format_table(reports))
                 bad = [r for r in reports if r.fits is False]
                 if bad:

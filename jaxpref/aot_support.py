@@ -270,6 +270,7 @@ class ProgramReport:
     peak_flops: float | None  # per device, bf16
     compile_seconds: float
     error: str | None = None  # the compiler's message when it refused the program
+    model_flops: float | None = None  # per device, counted from the architecture (see jaxpref.aot.model_flops)
 
     @property
     def total_bytes(self) -> int | None:
@@ -294,6 +295,14 @@ class ProgramReport:
         if not (self.flops and self.optimal_seconds and self.peak_flops):
             return None
         return self.flops / (self.optimal_seconds * self.peak_flops)
+
+    @property
+    def seconds_at_peak(self) -> float | None:
+        """``model_flops / peak_flops``: the program's time at 100% MFU, a lower bound on its real time (not an
+        estimate of it)."""
+        if not (self.model_flops and self.peak_flops):
+            return None
+        return self.model_flops / self.peak_flops
 
 
 def peak_flops_per_device(device: jax.Device) -> float | None:
@@ -446,10 +455,11 @@ def _flops(n: float | None) -> str:
 
 def format_table(reports: Sequence[ProgramReport]) -> str:
     """A fixed-width text table, one row per program, all per device: arguments, temporaries, outputs, aliased
-    bytes, total / usable HBM, whether it fits, flops, the compiler's time estimate, the MFU it implies and the
-    compile time."""
+    bytes, total / usable HBM, whether it fits, XLA's flops, the compiler's time estimate, the MFU it implies,
+    the model FLOPs counted from the architecture and their time at 100% of the chip's peak (a lower bound),
+    and the compile time."""
     header = ("program", "arguments", "temporaries", "outputs", "aliased", "total / HBM", "fits", "flops",
-              "est. time", "MFU", "compile")
+              "est. time", "MFU", "model flops", "time at peak", "compile")
     rows = [header]
     for r in reports:
         fits = {True: "yes", False: "NO", None: "?"}[r.fits]
@@ -457,7 +467,8 @@ def format_table(reports: Sequence[ProgramReport]) -> str:
             r.name, format_bytes(r.argument_bytes), format_bytes(r.temp_bytes), format_bytes(r.output_bytes),
             format_bytes(r.alias_bytes), f"{format_bytes(r.total_bytes)} / {format_bytes(r.hbm_bytes)}", fits,
             _flops(r.flops), "?" if r.optimal_seconds is None else f"{r.optimal_seconds * 1e3:.3g} ms",
-            "?" if r.mfu is None else f"{100 * r.mfu:.1f}%", f"{r.compile_seconds:.1f} s"))
+            "?" if r.mfu is None else f"{100 * r.mfu:.1f}%", "-" if r.model_flops is None else _flops(r.model_flops),
+            "-" if r.seconds_at_peak is None else f">= {r.seconds_at_peak * 1e3:.3g} ms", f"{r.compile_seconds:.1f} s"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]

@@ -45,3 +45,32 @@ def test_an_oversized_run_is_reported_as_not_fitting():
     assert "GiB per chip on v5e:2x2" in errors[0] and "15.75 GiB are usable" in errors[0]
     assert "pairs_per_batch" in errors[0] and "Traceback" not in out.stderr
     assert " NO " in out.stdout
+
+
+@pytest.mark.parametrize("preset,lora,reference", [("tiny_llama", False, "frozen"), ("mistral_7b_v01", True, "none")])
+def test_model_flops_count_every_matmul_parameter(preset, lora, reference):
+    """The architecture formula against the parameter tree itself: every 2-D+ weight except the input embedding is
+    a matmul parameter (6 FLOPs per token in training, 4 under LoRA, 2 for a reference forward)."""
+    import math
+
+    import jax
+
+    from jaxpref import aot
+    from jaxpref.configs_base import base_config
+    from jaxpref.models import init_params
+    from jaxpref.train.runtime import model_config
+
+    cfg = base_config()
+    cfg.model.preset = preset
+    mc = model_config(cfg)
+    params = jax.eval_shape(lambda: init_params(mc, jax.random.PRNGKey(0)))
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    n = sum(math.prod(x.shape) for path, x in flat if len(x.shape) >= 2 and "embed_tokens" not in jax.tree_util.keystr(path))
+    rows, length = 6, 40
+    heads, hd = mc.num_attention_heads, mc.head_dim or mc.hidden_size // mc.num_attention_heads
+    attention = 4 * mc.num_hidden_layers * length * heads * hd  # per token
+    expected = ((4 if lora else 6) * n + 3 * attention) * rows * length
+    if reference == "frozen":
+        expected += (2 * n + attention) * rows * length
+    got = aot.model_flops(cfg, mc, reference=reference, lora=lora, rows=rows, length=length)
+    assert got == pytest.approx(expected, rel=1e-12)
