@@ -1,6 +1,6 @@
 """jaxpref's DPO step vs TRL's DPOTrainer on identical work, one invocation, same machine.
 
-    python bench/dpo_vs_trl.py [--pairs 96] [--threads 2]
+    python bench/dpo_vs_trl.py [--pairs 160] [--threads 2] [--repeats 3] [--sides jaxpref,trl,jaxpref_lora,trl_peft]
 
 Work (both sides): a random-init Llama (vocab 32000, hidden 256, intermediate 704, 4 layers, 8 heads,
 4 KV heads, untied), the same HH pairs (Mistral tokenizer, max_length 256 keep-start truncation, no
@@ -13,7 +13,11 @@ pairs/s, real (unpadded) tokens/s, compile time (jaxpref: the extra time of step
 shape), peak RSS, and MFU = useful FLOPs / time / 168 GFLOP/s (this machine's measured fp32 matmul
 peak). Useful FLOPs per step = 8 x (body params x real tokens + LM-head params x response tokens): 6x
 for the policy forward+backward, 2x for the reference forward, counting only work the loss needs.
-Ends with one line: ``jaxpref <x> pairs/s, trl <y> pairs/s, ratio <x/y>``.
+Sides ``jaxpref_lora`` and ``trl_peft`` train rank-16 LoRA adapters on all seven projections (alpha 32, no
+dropout) with the adapter-free base as the reference (TRL through PEFT); their MFU counts 6x instead of 8x
+(no weight gradient for the frozen base). Each side runs ``--repeats`` times, the order of the sides reversed
+on every other repeat (so drift on a noisy machine hits all sides alike); reported: the median and [min, max]
+per side, and the per-repeat pairs/s ratios of jaxpref vs TRL (full, and LoRA vs PEFT) with their median.
 """
 
 from __future__ import annotations
@@ -55,17 +59,19 @@ def flops_per_pair_set(real_tokens: int, response_tokens: int) -> float:
     return 8.0 * (body * real_tokens + d * v * response_tokens)
 
 
-def run_jaxpref(n_pairs: int) -> dict:
+LORA = dict(rank=16, alpha=32.0, targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+SIDES = ("jaxpref", "trl", "jaxpref_lora", "trl_peft")
 
+
+def run_jaxpref(n_pairs: int, lora: bool) -> dict:
     sys.path.insert(0, os.path.dirname(HERE))
     from jaxpref.configs_base import base_config
-    from jaxpref.train import Trainer
+    from jaxpref.train import Runtime, Trainer
 
     rows, pairs, real, resp, tok = load_pairs(n_pairs)
-    from jaxpref import data as D
-
     c = base_config()
     c.model.preset = "bench_32k"
+    c.tokenizer.path = "mistral"
     c.data.max_length = 256
     c.data.max_prompt_length = None
     c.data.buckets = (64, 128, 192, 256)
@@ -74,12 +80,16 @@ def run_jaxpref(n_pairs: int) -> dict:
     c.train.learning_rate = 1e-5
     c.train.warmup_steps = 0
     c.train.async_checkpointing = False
+    c.train.save_every = 10**6
     c.mesh.num_devices = 1
     c.export.hf = False
+    if lora:
+        c.lora.rank, c.lora.alpha, c.lora.target_modules = LORA["rank"], LORA["alpha"], LORA["targets"]
     import tempfile
 
-    workdir = tempfile.mkdtemp(prefix="bench_dpo_")
-    trainer = Trainer(c, workdir, rows=D.PreferenceDataset(rows), progress=False)
+    runtime = Runtime.build(c)
+    trainer = Trainer(runtime, tempfile.mkdtemp(prefix="bench_dpo_"), rows, params=runtime.initial_params(),
+                      progress=False)
     shapes = []
     for ix in trainer.batcher.epoch_plan(0):
         b = trainer.batcher.make_batch(ix)
@@ -98,11 +108,11 @@ def run_jaxpref(n_pairs: int) -> dict:
             compile_s += t
     med = statistics.median(steady)
     compile_s -= med * len(seen)  # the compile overhead beyond a normal step
-    return dict(side="jaxpref", steps=len(times), s_per_step=med, total_s=total, compile_s=compile_s,
-                programs=len(seen), real_tokens=real, response_tokens=resp)
+    return dict(steps=len(times), s_per_step=med, total_s=total, compile_s=compile_s, programs=len(seen),
+                real_tokens=real, response_tokens=resp, **runtime.param_counts())
 
 
-def run_trl(n_pairs: int, threads: int) -> dict:
+def run_trl(n_pairs: int, threads: int, lora: bool) -> dict:
     import torch
     import transformers
     from datasets import Dataset
@@ -114,8 +124,16 @@ def run_trl(n_pairs: int, threads: int) -> dict:
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(**MODEL, rms_norm_eps=1e-5)
     model = transformers.LlamaForCausalLM(cfg)
-    ref = transformers.LlamaForCausalLM(cfg)
-    ref.load_state_dict(model.state_dict())
+    total_params = sum(p.numel() for p in model.parameters())
+    peft_config, ref = None, None
+    if lora:  # TRL's reference is then the same model with the adapters disabled (no second copy)
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=LORA["rank"], lora_alpha=LORA["alpha"], lora_dropout=0.0,
+                                 target_modules=list(LORA["targets"]), task_type="CAUSAL_LM")
+    else:
+        ref = transformers.LlamaForCausalLM(cfg)
+        ref.load_state_dict(model.state_dict())
     hf_tok = tok.tok
     if hf_tok.pad_token is None:
         hf_tok.pad_token = hf_tok.eos_token
@@ -136,54 +154,82 @@ def run_trl(n_pairs: int, threads: int) -> dict:
             times.append(time.perf_counter() - self.t)
 
     trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=ds, processing_class=hf_tok,
-                         callbacks=[Timer()])
+                         callbacks=[Timer()], peft_config=peft_config)
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     t_all = time.perf_counter()
     trainer.train()
     total = time.perf_counter() - t_all
     med = statistics.median(times[1:])
-    return dict(side="trl", steps=len(times), s_per_step=med, total_s=total, compile_s=0.0, programs=0,
-                real_tokens=real, response_tokens=resp)
+    return dict(steps=len(times), s_per_step=med, total_s=total, compile_s=0.0, programs=0, real_tokens=real,
+                response_tokens=resp, trainable_params=trainable, total_params=total_params + (trainable if lora else 0))
 
 
 def child(side: str, n_pairs: int, threads: int) -> None:
     import resource
 
-    out = run_jaxpref(n_pairs) if side == "jaxpref" else run_trl(n_pairs, threads)
+    lora = side.endswith(("_lora", "_peft"))
+    out = run_jaxpref(n_pairs, lora) if side.startswith("jaxpref") else run_trl(n_pairs, threads, lora)
+    out["side"] = side
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print("RESULT " + json.dumps(out))
+
+
+def run_side(side: str, args) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false")
+    out = subprocess.run([sys.executable, __file__, "--child", side, "--pairs", str(args.pairs), "--threads",
+                          str(args.threads)], capture_output=True, text=True, env=env)
+    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    if out.returncode or not line:
+        raise SystemExit(f"{side} failed:\n{out.stderr[-4000:]}")
+    r = json.loads(line[-1][len("RESULT "):])
+    steps = args.pairs // 8
+    r["pairs_per_s"] = 8 / r["s_per_step"]
+    r["tokens_per_s"] = r["real_tokens"] / steps / r["s_per_step"]
+    # LoRA: no weight gradients for the frozen base (4x instead of 6x for the policy, + 2x reference)
+    factor = 6.0 / 8.0 if side.endswith(("_lora", "_peft")) else 1.0
+    r["mfu"] = factor * flops_per_pair_set(r["real_tokens"], r["response_tokens"]) / steps / r["s_per_step"] / PEAK_FLOPS
+    return r
+
+
+def _spread(values) -> str:
+    return f"{statistics.median(values):.2f} [{min(values):.2f}, {max(values):.2f}]"
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=96)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="paired runs; the side order alternates between them")
+    ap.add_argument("--sides", default="jaxpref,trl", help=f"comma-separated, from {','.join(SIDES)}")
     ap.add_argument("--child", default="")
     args = ap.parse_args()
     if args.child:
         child(args.child, args.pairs, args.threads)
         return
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false")
-    results = {}
-    for side in ("jaxpref", "trl"):
-        out = subprocess.run([sys.executable, __file__, "--child", side, "--pairs", str(args.pairs), "--threads",
-                              str(args.threads)], capture_output=True, text=True, env=env)
-        line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-        if out.returncode or not line:
-            raise SystemExit(f"{side} failed:\n{out.stderr[-4000:]}")
-        results[side] = json.loads(line[-1][len("RESULT "):])
-    print(f"{'side':8} {'s/step':>7} {'pairs/s':>8} {'tokens/s':>9} {'compile s':>9} {'peak RSS GiB':>12} {'MFU':>6}")
-    for side, r in results.items():
-        steps = args.pairs // 8
-        per_step_tokens = r["real_tokens"] / steps
-        flops = flops_per_pair_set(r["real_tokens"], r["response_tokens"]) / steps
-        r["pairs_per_s"] = 8 / r["s_per_step"]
-        r["tokens_per_s"] = per_step_tokens / r["s_per_step"]
-        r["mfu"] = flops / r["s_per_step"] / PEAK_FLOPS
-        print(f"{side:8} {r['s_per_step']:7.2f} {r['pairs_per_s']:8.2f} {r['tokens_per_s']:9.0f} {r['compile_s']:9.1f} "
-              f"{r['peak_rss_gb']:12.2f} {100 * r['mfu']:5.1f}%")
-    print(json.dumps(results))
-    x, y = results["jaxpref"]["pairs_per_s"], results["trl"]["pairs_per_s"]
-    print(f"jaxpref {x:.2f} pairs/s, trl {y:.2f} pairs/s, ratio {x / y:.2f}")
+    sides = args.sides.split(",")
+    if set(sides) - set(SIDES) or args.pairs % 8:
+        raise SystemExit(f"--sides must name some of {SIDES}; --pairs must be a multiple of 8")
+    runs = {side: [] for side in sides}
+    for rep in range(args.repeats):
+        order = sides if rep % 2 == 0 else sides[::-1]  # ABBA...: drift on the machine hits both sides alike
+        for side in order:
+            r = run_side(side, args)
+            runs[side].append(r)
+            print(f"repeat {rep + 1}/{args.repeats} {side:13} {r['s_per_step']:6.2f} s/step {r['pairs_per_s']:5.2f} "
+                  f"pairs/s peak RSS {r['peak_rss_gb']:.2f} GiB", flush=True)
+    print(f"\n{'side':13} {'s/step':>20} {'pairs/s':>20} {'tokens/s':>9} {'compile s':>9} {'peak RSS GiB':>12} "
+          f"{'MFU':>6} {'trainable / total params':>26}   (median [min, max] of {args.repeats})")
+    for side, rs in runs.items():
+        med = lambda k: statistics.median(r[k] for r in rs)  # noqa: E731
+        print(f"{side:13} {_spread([r['s_per_step'] for r in rs]):>20} {_spread([r['pairs_per_s'] for r in rs]):>20} "
+              f"{med('tokens_per_s'):9.0f} {med('compile_s'):9.1f} {med('peak_rss_gb'):12.2f} {100 * med('mfu'):5.1f}% "
+              f"{rs[0]['trainable_params']:>12,} / {rs[0]['total_params']:,}")
+    print(json.dumps(runs))
+    pairs = [(a, b) for a, b in (("jaxpref", "trl"), ("jaxpref_lora", "trl_peft"), ("jaxpref_lora", "jaxpref"))
+             if a in runs and b in runs]
+    for a, b in pairs:
+        ratios = [x["pairs_per_s"] / y["pairs_per_s"] for x, y in zip(runs[a], runs[b])]
+        print(f"{a} vs {b}: pairs/s ratio per paired run {[round(x, 2) for x in ratios]}, median {_spread(ratios)}")
 
 
 if __name__ == "__main__":

@@ -228,7 +228,7 @@ PRESETS: dict[str, ModelConfig] = {
         vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, sliding_window=8, model_type="mistral",
     ),
-    "bench_32k": ModelConfig(  # the DPO-vs-TRL benchmark model of the trainer issue
+    "bench_32k": ModelConfig(  # the DPO-vs-TRL benchmark model (bench/dpo_vs_trl.py)
         vocab_size=32000, hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8,
         num_key_value_heads=4, max_position_embeddings=1024,
     ),
