@@ -63,8 +63,11 @@ LORA = dict(rank=16, alpha=32.0, targets=("q_proj", "k_proj", "v_proj", "o_proj"
 SIDES = ("jaxpref", "trl", "jaxpref_lora", "trl_peft")
 
 
-def run_jaxpref(n_pairs: int, lora: bool) -> dict:
+def bench_trainer(n_pairs: int, lora: bool):
+    """``(Trainer, (real tokens, response tokens))`` of the benchmark run: the model, pairs and settings above."""
     sys.path.insert(0, os.path.dirname(HERE))
+    import tempfile
+
     from jaxpref.configs_base import base_config
     from jaxpref.train import Runtime, Trainer
 
@@ -85,11 +88,14 @@ def run_jaxpref(n_pairs: int, lora: bool) -> dict:
     c.export.hf = False
     if lora:
         c.lora.rank, c.lora.alpha, c.lora.target_modules = LORA["rank"], LORA["alpha"], LORA["targets"]
-    import tempfile
-
     runtime = Runtime.build(c)
     trainer = Trainer(runtime, tempfile.mkdtemp(prefix="bench_dpo_"), rows, params=runtime.initial_params(),
                       progress=False)
+    return trainer, (real, resp)
+
+
+def run_jaxpref(n_pairs: int, lora: bool) -> dict:
+    trainer, (real, resp) = bench_trainer(n_pairs, lora)
     shapes = []
     for ix in trainer.batcher.epoch_plan(0):
         b = trainer.batcher.make_batch(ix)
@@ -109,7 +115,7 @@ def run_jaxpref(n_pairs: int, lora: bool) -> dict:
     med = statistics.median(steady)
     compile_s -= med * len(seen)  # the compile overhead beyond a normal step
     return dict(steps=len(times), s_per_step=med, total_s=total, compile_s=compile_s, programs=len(seen),
-                real_tokens=real, response_tokens=resp, **runtime.param_counts())
+                real_tokens=real, response_tokens=resp, **trainer.runtime.param_counts())
 
 
 def run_trl(n_pairs: int, threads: int, lora: bool) -> dict:

@@ -42,20 +42,21 @@ def token_logprobs(logits: Array, labels: Array) -> Array:
     return label_logits - jax.nn.logsumexp(logits, axis=-1)
 
 
-def _online_logsumexp_scan(chunk_logits_fn, num_chunks: int, shape) -> Array:
-    """log-sum-exp over vocabulary chunks: carries (running max, running sum of exp(x - max))."""
+def _online_logsumexp_scan(chunk_logits_fn, xs, shape) -> Array:
+    """log-sum-exp over vocabulary chunks: carries (running max, running sum of exp(x - max)); ``xs`` is what
+    the scan walks (a chunk index array, or per-chunk operands), ``chunk_logits_fn(x)`` one chunk's logits."""
 
     @jax.checkpoint  # recompute each chunk's logits in the backward pass instead of storing them all
-    def body(carry, chunk_index):
+    def body(carry, x):
         running_max, running_sum = carry
-        chunk = chunk_logits_fn(chunk_index)  # [B, T, C] float32, -inf on padding columns
+        chunk = chunk_logits_fn(x)  # [B, T, C] float32, -inf on padding columns
         # The shift cancels analytically, so it carries no gradient.
         new_max = jax.lax.stop_gradient(jnp.maximum(running_max, jnp.max(chunk, axis=-1)))
         running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.sum(jnp.exp(chunk - new_max[..., None]), -1)
         return (new_max, running_sum), None
 
     init = (jnp.full(shape, -jnp.inf, jnp.float32), jnp.zeros(shape, jnp.float32))
-    (final_max, final_sum), _ = jax.lax.scan(body, init, jnp.arange(num_chunks))
+    (final_max, final_sum), _ = jax.lax.scan(body, init, xs)
     return final_max + jnp.log(final_sum)
 
 
@@ -74,9 +75,34 @@ def chunked_token_logprobs(logits: Array, labels: Array, *, chunk_size: int = 40
         chunk = jax.lax.dynamic_slice_in_dim(padded, i * chunk_size, chunk_size, axis=-1).astype(jnp.float32)
         return jnp.where(i * chunk_size + column < vocab, chunk, -jnp.inf)
 
-    lse = _online_logsumexp_scan(chunk_logits, num_chunks, (batch, length))
+    lse = _online_logsumexp_scan(chunk_logits, jnp.arange(num_chunks), (batch, length))
     label_logits = jnp.take_along_axis(logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
     return label_logits.astype(jnp.float32) - lse
+
+
+@jax.custom_vjp
+def _chunk_logits(hidden: Array, kernel: Array) -> Array:
+    """``hidden [B, T, H] @ kernel[C, H]^T -> [B, T, C]`` float32 (one vocabulary chunk's logits)."""
+    return jnp.einsum("bth,ch->btc", hidden, kernel, preferred_element_type=jnp.float32)
+
+
+def _chunk_logits_fwd(hidden, kernel):
+    return _chunk_logits(hidden, kernel), (hidden, kernel)
+
+
+def _chunk_logits_bwd(residuals, g):
+    """The two products autodiff would form, with the weight gradient computed as ``hidden^T g`` ([H, C]) and
+    transposed: XLA otherwise materialises ``g`` ([B, T, C], the largest array of the head) transposed. Both
+    matmuls take their inputs in the forward's compute dtype (``g`` rounded to it under bf16, as a bf16 layer's
+    backward would) and accumulate in float32."""
+    hidden, kernel = residuals
+    g_in = g.astype(hidden.dtype)
+    d_hidden = jnp.einsum("btc,ch->bth", g_in, kernel.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    d_kernel = jnp.einsum("bth,btc->hc", hidden, g_in, preferred_element_type=jnp.float32).T
+    return d_hidden.astype(hidden.dtype), d_kernel.astype(kernel.dtype)
+
+
+_chunk_logits.defvjp(_chunk_logits_fwd, _chunk_logits_bwd)
 
 
 def token_logprobs_from_hidden(
@@ -93,19 +119,24 @@ def token_logprobs_from_hidden(
     normaliser is an online log-sum-exp over vocabulary chunks of ``hidden @ lm_head[:, chunk]``, each
     chunk recomputed in the backward pass. Peak extra memory is ``[B, T, chunk_size]`` float32.
     Matmuls run in the dtype of ``hidden``/``lm_head`` with float32 accumulation.
+
+    The kernel is laid out once per call as ``[num_chunks, chunk_size, H]`` (vocabulary rows, contiguous per
+    chunk) and the scan walks its leading axis: no strided column slice is copied per chunk, and each chunk's
+    matmuls take the weight in the ``[out, in]`` layout CPU matmul libraries are fastest with (measured on the
+    benchmark model: see ``bench/profile_dpo_step.py``).
     """
-    batch, length, _ = hidden.shape
+    batch, length, hidden_size = hidden.shape
     vocab = lm_head.shape[1]
     num_chunks = -(-vocab // chunk_size)
     padded = jnp.pad(lm_head, ((0, 0), (0, num_chunks * chunk_size - vocab)))
+    chunks = padded.T.reshape(num_chunks, chunk_size, hidden_size)  # [n, C, H]
     column = jnp.arange(chunk_size)
 
-    def chunk_logits(i):
-        kernel = jax.lax.dynamic_slice_in_dim(padded, i * chunk_size, chunk_size, axis=1)
-        chunk = jnp.einsum("bth,hc->btc", hidden, kernel, preferred_element_type=jnp.float32)
-        return jnp.where(i * chunk_size + column < vocab, chunk, -jnp.inf)
+    def chunk_logits(xs):
+        kernel, i = xs
+        return jnp.where(i * chunk_size + column < vocab, _chunk_logits(hidden, kernel), -jnp.inf)
 
-    lse = _online_logsumexp_scan(chunk_logits, num_chunks, (batch, length))
+    lse = _online_logsumexp_scan(chunk_logits, (chunks, jnp.arange(num_chunks)), (batch, length))
     label_columns = jnp.take(lm_head.T, labels.astype(jnp.int32), axis=0)  # [B, T, H]
     label_logits = jnp.einsum("bth,bth->bt", hidden, label_columns, preferred_element_type=jnp.float32)
     return label_logits - lse
