@@ -14,7 +14,9 @@ with ``config.json``, normally the model the run started from, or the config.jso
 ``WORKDIR/hf_export/config.json`` when the run finished and exported. The tokenizer is ``--tokenizer-dir``,
 else the config directory's, else ``WORKDIR/hf_export``'s; ``generation_config.json`` and the config class
 (Llama or Mistral) come from the config directory. A reward-model checkpoint (params ``backbone`` +
-``score``) exports as ``*ForSequenceClassification``.
+``score``) exports as ``*ForSequenceClassification``. A LoRA run's checkpoint (adapters only) is merged onto
+the base the run started from, rebuilt from ``WORKDIR/config.json`` (``model.hf_dir`` or the preset's seeded
+init), and exported with the PEFT adapter in ``HF_DIR/adapter/`` (policy runs on your own data).
 
 Errors in the input (missing or corrupt files, a config that does not fit the params) print one ``error:``
 line and exit with status 2.
@@ -78,6 +80,8 @@ def flax_to_hf(args) -> str:
         step_dir = C.train_checkpoint_step_dir(args.src, args.step)
         workdir = _workdir_of(step_dir)
         params = C.read_train_checkpoint_params(step_dir, args.part)
+        if "lora" in params:
+            return _export_lora_step(args, workdir, params)
     config_dir = _config_dir(args, workdir)
     cfg = C.load_hf_config(config_dir)
     tokenizer = args.tokenizer_dir
@@ -93,6 +97,58 @@ def flax_to_hf(args) -> str:
         model = R.RewardModel(cfg)
         return R.save_pretrained(model, params, args.dst, dtype=dtype, tokenizer_dir=tokenizer, source_dir=config_dir)
     return C.export_hf(params, cfg, args.dst, dtype=dtype, tokenizer_dir=tokenizer, source_dir=config_dir)
+
+
+def _run_config(workdir: str):
+    """The resolved config a run was started with (``WORKDIR/config.json``) as a ConfigDict."""
+    import json
+
+    import ml_collections
+
+    from jaxpref.configs_base import CONFIG_FILE, base_config
+    from jaxpref.models import convert as C
+
+    path = os.path.join(workdir, CONFIG_FILE)
+    try:
+        with open(path) as f:
+            stored = json.load(f)
+    except (OSError, ValueError) as e:
+        raise C.CheckpointError(f"{path}: the run's config is needed to export a LoRA checkpoint and cannot be read "
+                                f"({e}).") from None
+
+    def restore(template, value):  # JSON lists back to the schema's tuples
+        if isinstance(template, ml_collections.ConfigDict) and isinstance(value, dict):
+            out = ml_collections.ConfigDict(dict(template), type_safe=False)
+            for k, v in value.items():
+                out[k] = restore(template[k], v) if k in template else v
+            return out
+        return tuple(value) if isinstance(template, tuple) and isinstance(value, list) else value
+
+    cfg = restore(base_config(), stored)
+    return cfg
+
+
+def _export_lora_step(args, workdir: str, trainable: dict) -> str:
+    """flax-to-hf of a LoRA checkpoint (adapters, and any trained head): the base is rebuilt as the run built it --
+    ``model.hf_dir``'s weights, or the preset's seeded init -- and the merged model is exported with the run's
+    tokenizer; ``--dst`` also receives the PEFT adapter under ``adapter/``."""
+    import jax
+
+    from jaxpref.errors import UserError
+    from jaxpref.train.export import export_adapter, export_hf
+    from jaxpref.train.runtime import Runtime
+
+    cfg = _run_config(workdir)
+    if cfg.algorithm in ("apo", "reward_model") or cfg.task.name not in ("",):
+        raise UserError(f"{workdir}: exporting a LoRA checkpoint step is supported for policy runs on your own data "
+                        f"(this run: algorithm {cfg.algorithm!r}, task {cfg.task.name!r}, whose base is not rebuilt "
+                        "from the config); use the run's final hf_export/ and hf_adapter/.")
+    cfg.mesh.num_devices = 1
+    runtime = Runtime.build(cfg, devices=jax.devices()[:1])
+    merged = runtime.merge(runtime.initial_params(), trainable)
+    out = export_hf(runtime, merged, args.dst)
+    export_adapter(runtime, trainable, os.path.join(args.dst, "adapter"))
+    return out
 
 
 def main(argv=None) -> int:

@@ -239,6 +239,38 @@ def test_peft_adapter_and_merged_export_reproduce_the_trained_policy(tmp_path):
     trainer.close()
 
 
+@pytest.mark.parametrize("base", ["hf_dir", "preset"])
+def test_a_lora_checkpoint_step_exports_merged_onto_the_runs_base(base, tmp_path):
+    """flax-to-hf of a LoRA run's checkpoint: the final step's export equals the run's own merged and PEFT exports
+    bit for bit (the base rebuilt from the run's config: an HF directory, or the preset's seeded init); an earlier
+    step exports other weights."""
+    from safetensors.numpy import load_file
+
+    from hf_fixtures import tiny_hf_model
+    from jaxpref.convert import main as convert_main
+    from jaxpref.pipeline import run
+
+    cfg = _tiny(num_steps=3)
+    if base == "hf_dir":
+        base_dir = str(tmp_path / "base")
+        tiny_hf_model("mistral", seed=3, vocab_size=32000).save_pretrained(base_dir)
+        cfg.model.preset, cfg.model.hf_dir, cfg.model.overrides = "", base_dir, {}
+    cfg.export.hf = True
+    workdir = str(tmp_path / "run")
+    run(cfg, workdir, progress=False)
+    for step in (3, 2):  # keep_checkpoints=2: steps 2 and 3 remain
+        assert convert_main(["flax-to-hf", "--src", workdir, "--step", str(step), "--dst", str(tmp_path / f"s{step}")]) == 0
+    final, step3, step2 = (load_file(os.path.join(d, "model.safetensors")) for d in
+                           (os.path.join(workdir, "hf_export"), tmp_path / "s3", tmp_path / "s2"))
+    assert set(final) == set(step3)
+    for k in final:
+        np.testing.assert_array_equal(step3[k], final[k], err_msg=k)
+    assert any(not np.array_equal(step2[k], final[k]) for k in final if "q_proj" in k)
+    adapter, adapter3 = (load_file(os.path.join(d, "adapter_model.safetensors")) for d in
+                         (os.path.join(workdir, "hf_adapter"), tmp_path / "s3" / "adapter"))
+    assert set(adapter) == set(adapter3) and all(np.array_equal(adapter[k], adapter3[k]) for k in adapter)
+
+
 def test_7b_lora_recipe_sizes_and_lowering():
     """``configs/dpo_mistral_lora.py`` and ``--config.lora.rank=16`` on any 7B config: PEFT's well-known count for
     Mistral-7B with r = 16 on all seven projections (41,943,040 trainable of 7,283,675,136); the steps lower with
