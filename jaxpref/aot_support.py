@@ -458,7 +458,7 @@ def format_table(reports: Sequence[ProgramReport]) -> str:
     bytes, total / usable HBM, whether it fits, XLA's flops, the compiler's time estimate, the MFU it implies,
     the model FLOPs counted from the architecture and their time at 100% of the chip's peak (a lower bound),
     and the compile time."""
-    header = ("program", "arguments", "temporaries", "outputs", "aliased", "total / HBM", "fits", "flops",
+    header = ("program", "arguments", "temporaries", "outputs", "aliased", "total / HBM", "fits", "XLA flops",
               "est. time", "MFU", "model flops", "time at peak", "compile")
     rows = [header]
     for r in reports:

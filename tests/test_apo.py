@@ -276,3 +276,27 @@ def test_policy_pairs_take_the_best_and_worst_scored_samples(monkeypatch):
     (row,) = game.policy_rows(None, rm, 0)
     assert (row["chosen"], row["rejected"]) == (" 6", " 7")
     assert (row["rm_best"], row["rm_worst"]) == pytest.approx((0.9, -0.4))
+
+
+@pytest.mark.parametrize("reinit", [True, False])
+def test_each_round_rm_starts_from_its_base_unless_told_to_continue(tiny_apo, tmp_path, reinit):
+    """``apo.rm_reinit``: the round's RM session starts from the RM base (the paper's choice), not from the last
+    round's RM; with ``rm_reinit=False`` it continues from the last round's params."""
+    from jaxpref.algorithms import apo
+    from jaxpref.pipeline import task_inputs
+    from jaxpref.train.runtime import Runtime
+
+    cfg, td = tiny_apo
+    cfg = cfg.copy_and_resolve_references()
+    cfg.apo.rm_reinit = reinit
+    inputs = task_inputs(cfg, task_data=td)
+    game = apo.Game(Runtime.build(cfg, model=inputs.model, tokenizer=inputs.tokenizer), str(tmp_path), inputs,
+                    progress=False)
+    previous = jax.tree_util.tree_map(lambda x: np.asarray(x) + 1.0, game.rm_base)  # "last round's RM"
+    rows = [dict(r) for r in game.human_rows[:4]]
+    trainer = game.rm_trainer(1, rows, previous)
+    expected = game.rm_base if reinit else previous
+    for got, want in zip(jax.tree_util.tree_leaves(jax.device_get(trainer.state.params)),
+                         jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    trainer.close()
