@@ -9,10 +9,13 @@ compiles every shape, a second epoch is timed piece by piece with ``block_until_
 * accumulate: the forward + backward program (policy and reference forward, loss, gradients);
 * apply: the AdamW update.
 
-Then ``jax.profiler`` traces a few accumulate calls of the largest bucket and the time of XLA's CPU ops is
-summed by kind: matmuls (``dot`` / oneDNN custom calls / fusions that contain a dot), the vocabulary-chunked
-log-softmax loop (``while``), and the rest (elementwise fusions, reductions, copies, transposes). Shares, not
-absolute times, are the robust output on a shared machine.
+It also reports the padding: the share of token slots (rows x bucket length) and of LM-head slots (response
+positions) that hold no real token. Then ``jax.profiler`` traces a few accumulate calls of the most common
+shape and sums the time of XLA's CPU ops by the part of the model they belong to (the flax module path in
+XLA's metadata: attention, MLP, RMSNorm, embedding, the vocabulary-chunked LM head, loss/residuals) and by
+kind (matmuls -- dots and library-matmul fusions -- vs elementwise/reduction fusions and copies). Shares,
+not absolute times, are the robust output on a shared machine; ops XLA runs outside named instructions are
+not counted.
 """
 
 from __future__ import annotations
@@ -61,9 +64,20 @@ def _op_kinds(hlo_text: str) -> dict[str, str]:
             kind = "matmul" if called and called.group(1) in fused_with_dot else "elementwise/reduce"
         else:
             kind = op
-        where = "LM head" if "/while/body/" in line else "layers, loss"
-        kinds[name] = f"{where}: {kind}"
+        kinds[name] = f"{_where(line)}: {kind}"
     return kinds
+
+
+def _where(line: str) -> str:
+    """The part of the model an instruction belongs to, from the flax module path in XLA's metadata."""
+    op_name = re.search(r'op_name="([^"]*)"', line)
+    path = op_name.group(1) if op_name else ""
+    if "/while/body/" in path:
+        return "LM head (chunked log-softmax)"
+    for key, label in (("self_attn", "attention"), ("mlp", "MLP"), ("norm", "RMSNorm"), ("embed", "embedding")):
+        if key in path:
+            return label
+    return "loss, residuals, other"
 
 
 def main():
@@ -105,6 +119,13 @@ def main():
     total = host + accumulate + apply
     print(f"{len(timed)} steps, {total / len(timed):.2f} s/step (timed epoch, compiled): host batching "
           f"{100 * host / total:.1f}%, accumulate {100 * accumulate / total:.1f}%, apply {100 * apply / total:.1f}%")
+    batches = [trainer.batcher.make_batch(ix) for ix in plan]
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    slots = sum(b["attention_mask"].size for b in batches)
+    scored = sum(int(b["score_mask"].sum()) for b in batches)
+    head_slots = sum(b["score_mask"].size for b in batches)
+    print(f"padding: {100 * (1 - real / slots):.1f}% of token slots (real {real} of {slots}); the LM head runs on "
+          f"{head_slots} response slots, {100 * (1 - scored / head_slots):.1f}% of them padding")
     by_shape = collections.defaultdict(list)
     for shape, _, acc_s, _ in timed:
         by_shape[shape].append(acc_s)
@@ -139,11 +160,11 @@ def main():
     print(f"\naccumulate on the most common shape, tokens {tuple(batch.input_ids.shape)}, response positions "
           f"{tuple(batch.score_index.shape)}, x {args.trace_calls} calls, XLA CPU op time by kind "
           f"({op_total / 1e6 / args.trace_calls:.2f} s of ops per call; ops on both threads summed):")
-    for kind, us in per_kind.most_common(12):
-        print(f"  {kind:40} {100 * us / op_total:5.1f}%")
+    for kind, us in per_kind.most_common(16):
+        print(f"  {kind:48} {100 * us / op_total:5.1f}%")
     print("top ops:")
     for name, us in per_name.most_common(12):
-        print(f"  {name:36} {kinds[name]:34} {100 * us / op_total:5.1f}%")
+        print(f"  {name:32} {kinds[name]:48} {100 * us / op_total:5.1f}%")
 
 
 if __name__ == "__main__":

@@ -92,13 +92,11 @@ def _chunk_logits_fwd(hidden, kernel):
 
 def _chunk_logits_bwd(residuals, g):
     """The two products autodiff would form, with the weight gradient computed as ``hidden^T g`` ([H, C]) and
-    transposed: XLA otherwise materialises ``g`` ([B, T, C], the largest array of the head) transposed. Both
-    matmuls take their inputs in the forward's compute dtype (``g`` rounded to it under bf16, as a bf16 layer's
-    backward would) and accumulate in float32."""
+    transposed: XLA otherwise materialises ``g`` ([B, T, C], the largest array of the head) transposed. ``g`` is
+    float32 (the logits are); a bf16 operand is promoted to it, as in autodiff's own transpose of the forward."""
     hidden, kernel = residuals
-    g_in = g.astype(hidden.dtype)
-    d_hidden = jnp.einsum("btc,ch->bth", g_in, kernel.astype(hidden.dtype), preferred_element_type=jnp.float32)
-    d_kernel = jnp.einsum("bth,btc->hc", hidden, g_in, preferred_element_type=jnp.float32).T
+    d_hidden = jnp.einsum("btc,ch->bth", g, kernel, preferred_element_type=jnp.float32)
+    d_kernel = jnp.einsum("bth,btc->hc", hidden, g, preferred_element_type=jnp.float32).T
     return d_hidden.astype(hidden.dtype), d_kernel.astype(kernel.dtype)
 
 

@@ -78,12 +78,14 @@ def _one_update(fns, state, ref, batches, mesh):
 def test_sharded_step_equals_single_device(hh_pairs):
     tok, pairs = hh_pairs
     cfg = tiny_config()
-    batch = D.PairBatcher(pairs, D.BatchOptions(pairs_per_batch=8, buckets=(48, 96)), pad_id=tok.pad_id).make_batch(
-        list(range(8)))
+    def batch(score_groups):  # the LM head's response positions pooled per device shard (1 group or 4)
+        options = D.BatchOptions(pairs_per_batch=8, buckets=(48, 96), score_groups=score_groups)
+        return D.PairBatcher(pairs, options, pad_id=tok.pad_id).make_batch(list(range(8)))
+
     single = S.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     sharded = S.make_mesh(2, 2, 2)
-    p1, m1 = _one_update(*_setup(single, cfg), [batch], single)
-    p8, m8 = _one_update(*_setup(sharded, cfg), [batch], sharded)
+    p1, m1 = _one_update(*_setup(single, cfg), [batch(1)], single)
+    p8, m8 = _one_update(*_setup(sharded, cfg), [batch(4)], sharded)
     np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
     np.testing.assert_allclose(m8["grad_norm"], m1["grad_norm"], rtol=1e-4)
     for a, b in zip(jax.tree_util.tree_leaves(p8), jax.tree_util.tree_leaves(p1)):

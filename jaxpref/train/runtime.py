@@ -383,20 +383,23 @@ class Runtime:
                               f"mesh data x fsdp = {n_shards}.")
         return D.BatchOptions(pairs_per_batch=tc.pairs_per_batch, buckets=tuple(dc.buckets), packing=dc.packing,
                               rows_per_batch=dc.rows_per_batch, shuffle=shuffle, seed=self.cfg.seed,
-                              sort_window=dc.sort_window, skip_invalid=dc.skip_invalid)
+                              sort_window=dc.sort_window, skip_invalid=dc.skip_invalid, score_groups=n_shards)
 
     def batcher(self, pairs: list[D.TokenizedPair], *, shuffle: bool = True) -> D.PairBatcher:
         return D.PairBatcher(pairs, self.batch_options(shuffle=shuffle), pad_id=self.tokenizer.pad_id,
                              process_index=jax.process_index(), process_count=jax.process_count())
 
     def abstract_batch(self, length: int | None = None) -> Batch:
-        """The largest training batch's shapes (largest bucket; packed rows when packing), for lowering."""
+        """The largest training batch's shapes (largest bucket; packed rows when packing; the LM head on every
+        position, the most a batch can score), for lowering."""
         dc, tc = self.cfg.data, self.train_cfg
         length = length or max(dc.buckets)
         pairs = tc.pairs_per_batch
         rows = (dc.rows_per_batch or pairs) if dc.packing else 2 * pairs
-        width = length - 1 if dc.packing else length
-        return Batch.abstract(pairs, rows, length, width, sharding=lambda ndim: S.batch_sharding(self.mesh, 1))
+        groups = rows if dc.packing else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        width = (rows // groups) * (length - 1)
+        return Batch.abstract(pairs, rows, length, width, sharding=lambda ndim: S.batch_sharding(self.mesh, 1),
+                              score_groups=groups)
 
 
 def _shardings(abstract_boxed, mesh):

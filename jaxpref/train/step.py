@@ -57,8 +57,9 @@ class Batch:
 
     Token fields ``[R, L]`` int32: ``input_ids``, ``attention_mask``, ``positions``, ``segment_ids`` (packing),
     ``loss_mask`` (response tokens), ``sequence_ids`` (``2i`` chosen / ``2i+1`` rejected of pair ``i``, ``2P``
-    padding). ``score_index``/``score_mask`` ``[R, W]``: the next-token positions whose targets are response
-    tokens. Pair fields ``[P]``:
+    padding). ``score_index``/``score_mask`` ``[G, W]``: the next-token positions whose targets are response
+    tokens, as flat indices into each group of ``R / G`` rows (``G`` = the batch's device shards, or ``R``
+    when packing). Pair fields ``[P]``:
 
     * ``weight`` float32 -- the pair's weight in ``sum w l / sum w`` (0 = padding pair; ROPO's w-step
       weights; APO's per-group RM weights);
@@ -105,7 +106,8 @@ class Batch:
             ref_rejected=zeros if ref_rejected is None else np.asarray(ref_rejected, np.float32))
 
     @classmethod
-    def abstract(cls, num_pairs: int, rows: int, length: int, score_width: int, sharding=None) -> "Batch":
+    def abstract(cls, num_pairs: int, rows: int, length: int, score_width: int, sharding=None,
+                 score_groups: int | None = None) -> "Batch":
         """``jax.ShapeDtypeStruct`` fields of a global batch, for lowering a step without data."""
         def spec(shape, dtype):
             sh = None if sharding is None else sharding(len(shape))
@@ -114,8 +116,8 @@ class Batch:
         tok = lambda: spec((rows, length), jnp.int32)  # noqa: E731
         pair = lambda dtype: spec((num_pairs,), dtype)  # noqa: E731
         return cls(input_ids=tok(), attention_mask=tok(), positions=tok(), segment_ids=tok(), loss_mask=tok(),
-                   sequence_ids=tok(), score_index=spec((rows, score_width), jnp.int32),
-                   score_mask=spec((rows, score_width), jnp.int32), weight=pair(jnp.float32), group=pair(jnp.int32),
+                   sequence_ids=tok(), score_index=spec((score_groups or rows, score_width), jnp.int32),
+                   score_mask=spec((score_groups or rows, score_width), jnp.int32), weight=pair(jnp.float32), group=pair(jnp.int32),
                    index=pair(jnp.int32), chosen_lengths=pair(jnp.float32), rejected_lengths=pair(jnp.float32),
                    ref_chosen=pair(jnp.float32), ref_rejected=pair(jnp.float32))
 
@@ -124,10 +126,15 @@ def pair_logprobs(params, model: LlamaForCausalLM, batch: Batch, *, vocab_chunk:
     """Summed response log-probs ``(chosen [P], rejected [P])`` of a batch under ``params``."""
     hidden = model.apply({"params": params}, batch.input_ids, attention_mask=batch.attention_mask,
                          positions=batch.positions, segment_ids=batch.segment_ids, return_hidden=True)
-    index = batch.score_index
-    h = jnp.take_along_axis(hidden[:, :-1], index[..., None], axis=1)  # [R, W, D]
-    labels = jnp.take_along_axis(batch.input_ids[:, 1:], index, axis=1)
-    seq = jnp.take_along_axis(batch.sequence_ids[:, 1:], index, axis=1)
+    index = batch.score_index  # [G, W] flat positions within each group of R / G rows (see Batch)
+    groups = index.shape[0]
+
+    def grouped(x):  # [R, L - 1, ...] -> [G, (R / G) * (L - 1), ...]: a group's rows end to end
+        return x.reshape(groups, -1, *x.shape[2:])
+
+    h = jnp.take_along_axis(grouped(hidden[:, :-1]), index[..., None], axis=1)  # [G, W, D]
+    labels = jnp.take_along_axis(grouped(batch.input_ids[:, 1:]), index, axis=1)
+    seq = jnp.take_along_axis(grouped(batch.sequence_ids[:, 1:]), index, axis=1)
     # Gather the LM head once per step (as FSDP gathers every weight) rather than slicing a vocab-sharded kernel
     # inside the chunk loop, which makes XLA put collectives in the loop body.
     kernel = nn.with_logical_constraint(lm_head_kernel(params, model.config).astype(h.dtype), (None, None))
@@ -354,7 +361,9 @@ def device_batch(local: Batch | dict, mesh) -> Batch:
         if global_shape[0] % n_batch_shards:
             raise ValueError(
                 f"batch field {name!r} has {global_shape[0]} rows, not divisible by mesh data x fsdp = {n_batch_shards}; "
-                "choose pairs_per_batch (and rows_per_batch) as multiples of data x fsdp.")
+                "choose pairs_per_batch (and rows_per_batch) as multiples of data x fsdp"
+                + (", and build the batcher with score_groups = data x fsdp (Runtime.batcher does)."
+                   if name.startswith("score_") else "."))
         return jax.make_array_from_process_local_data(S.batch_sharding(mesh, v.ndim), v, global_shape)
 
     return local.replace(**{f.name: put(f.name, getattr(local, f.name)) for f in local.__dataclass_fields__.values()})
