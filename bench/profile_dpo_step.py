@@ -132,6 +132,8 @@ def main():
     for shape, ts in sorted(by_shape.items()):
         print(f"  accumulate on {shape}: {len(ts)} steps, median {statistics.median(ts):.2f} s")
 
+    if args.trace_calls == 0:
+        return
     shapes = collections.Counter((r[0], ix_w) for r, ix_w in zip(timed, [trainer.batcher.make_batch(ix)["score_index"].shape
                                                                        for ix in plan]))
     (common_ids, common_width), _ = shapes.most_common(1)[0]

@@ -3,8 +3,8 @@
     python -m jaxpref.main --config=configs/dpo_llama2.py --workdir=/ckpt/dpo_llama2 \
         --config.model.hf_dir=/models/Llama-2-7b-hf --config.tokenizer.path=/models/Llama-2-7b-hf
 
-Compiled with `python -m jaxpref.aot` for v4:2x2x4 (training step 16.06 GiB per chip of 30.75) and
-v5p:2x2x2 (30.22 of 95.74) (BENCHMARKS.md).
+Compiled with `python -m jaxpref.aot` (training step, per chip): v5e:4x4 13.76 GiB of 15.75, v4:2x2x4
+16.06 of 30.75, v5p:2x2x2 30.22 of 95.74 (BENCHMARKS.md).
 """
 
 from jaxpref.configs_base import dpo_7b_config

@@ -3,8 +3,8 @@
     python -m jaxpref.main --config=configs/dpo_mistral.py --workdir=/ckpt/dpo_mistral \
         --config.model.hf_dir=/models/Mistral-7B-v0.1 --config.tokenizer.path=/models/Mistral-7B-v0.1
 
-Compiled with `python -m jaxpref.aot` for v5e:4x4: the training step needs 14.05 GiB per chip of 15.75
-(BENCHMARKS.md).
+Compiled with `python -m jaxpref.aot` (training step, per chip): v5e:4x4 14.05 GiB of 15.75, v4:2x2x4
+15.38 of 30.75, v5p:2x2x2 30.33 of 95.74 (BENCHMARKS.md).
 """
 
 from jaxpref.configs_base import dpo_7b_config

@@ -19,6 +19,11 @@ more the 5e-7 of full-parameter DPO (e.g. Hugging Face's alignment-handbook trai
 5e-6, r 16 on all seven projections, dropout 0.05). Any 7B config takes LoRA from the command line too:
 ``--config.lora.rank=16 --config.train.learning_rate=5e-6``.
 
+Compiled with `python -m jaxpref.aot` (training step, per chip): v5e:4x4 15.27 GiB of 15.75, v4:2x2x4 22.10 of
+30.75, v5p:2x2x2 42.62 of 95.74 (BENCHMARKS.md). Under the ``dots_with_no_batch_dims`` remat policy the adapters'
+matmul outputs are saved too, so LoRA's activations exceed full fine-tuning's; with less memory, use
+``--config.model.remat_policy=full``.
+
 ``hf_export/`` receives the merged model (a plain Mistral checkpoint) and ``hf_adapter/`` the PEFT adapter
 (``peft.PeftModel.from_pretrained(base, ".../hf_adapter")``; its ``base_model_name_or_path`` is ``model.hf_dir``).
 """

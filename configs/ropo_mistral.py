@@ -3,8 +3,8 @@
     python -m jaxpref.main --config=configs/ropo_mistral.py --workdir=/ckpt/ropo_mistral \
         --config.model.hf_dir=/models/Mistral-7B-v0.1 --config.tokenizer.path=/models/Mistral-7B-v0.1 --config.data.train_path=/data/pairs.jsonl
 
-Compiled with `python -m jaxpref.aot` for v5e:4x4: training step 11.10 GiB and sampler 14.63 GiB per chip
-of 15.75 (BENCHMARKS.md).
+Compiled with `python -m jaxpref.aot` (training step / sampler, per chip): v5e:4x4 11.10 / 14.63 GiB of 15.75,
+v4:2x2x4 16.73 / 3.43 of 30.75, v5p:2x2x2 31.92 / 6.42 of 95.74 (BENCHMARKS.md).
 """
 
 from jaxpref.configs_base import ropo_7b_config
