@@ -200,6 +200,26 @@ def test_unpacked_batch_exact():
     assert partial["attention_mask"][2:].sum() == 0
 
 
+def test_response_positions_pooled_per_row_group_hand_computed():
+    """``score_index[g]``: flat next-token positions ``r * (L - 1) + t`` of the response targets of group ``g``'s
+    rows; one group per shard, so two groups here split the two pairs; the width is the score bucket."""
+    opts = dict(pairs_per_batch=2, buckets=(4, 8), shuffle=False, sort_window=0)
+    one = D.PairBatcher(HAND, D.BatchOptions(**opts), pad_id=0).make_batch([0, 1])
+    # loss_mask[:, 1:] targets (L - 1 = 7 per row): row 0 t=2,3; row 1 t=2,3,4; row 2 t=1..4; row 3 t=1
+    flat = [2, 3, 7 + 2, 7 + 3, 7 + 4, 14 + 1, 14 + 2, 14 + 3, 14 + 4, 21 + 1]
+    assert one["score_index"].shape == (1, 28)  # 10 response tokens -> bucket 64, capped at 4 rows x 7
+    np.testing.assert_array_equal(one["score_index"][0, :10], flat)
+    np.testing.assert_array_equal(one["score_mask"][0], [1] * 10 + [0] * 18)
+    two = D.PairBatcher(HAND, D.BatchOptions(score_groups=2, **opts), pad_id=0).make_batch([0, 1])
+    assert two["score_index"].shape == (2, 14)  # each group: 2 rows x 7
+    np.testing.assert_array_equal(two["score_index"][0, :5], [2, 3, 9, 10, 11])
+    np.testing.assert_array_equal(two["score_index"][1, :5], [1, 2, 3, 4, 8])
+    np.testing.assert_array_equal(two["score_mask"].sum(1), [5, 5])
+    assert [D.score_width_bucket(n, 10**6) for n in (1, 64, 65, 97, 129, 193, 257, 385)] == [
+        64, 64, 96, 128, 192, 256, 384, 512]
+    assert D.score_width_bucket(300, 200) == 200
+
+
 def test_packed_batch_keeps_sequences_apart_and_matches_unpacked_logprobs():
     rng = np.random.default_rng(0)
     pairs = [_pair(i, [1] + list(rng.integers(3, 500, rng.integers(2, 9))), list(rng.integers(3, 500, rng.integers(1, 6))) + [2],

@@ -5,7 +5,7 @@
     pairs = tokenize_dataset(rows, load_tokenizer(tok_path), TokenizeOptions())  # pairs.report: skips, truncation
 """
 
-from jaxpref.data.batching import BATCH_KEYS, BatchOptions, PairBatcher
+from jaxpref.data.batching import BATCH_KEYS, BatchOptions, PairBatcher, score_width_bucket
 from jaxpref.data.formats import (
     SHAPES,
     SHIPPED_HH,
@@ -41,7 +41,7 @@ from jaxpref.data.tokenize import (
 
 __all__ = [
     "BATCH_KEYS", "BatchOptions", "ChatTemplateError", "DataError", "HFTokenizer", "IntTokenizer", "LoadReport",
-    "PairBatcher", "PreferenceDataset", "RowTokenizeError", "SHAPES", "SHIPPED_HH", "SentencePieceTokenizer",
+    "PairBatcher", "PreferenceDataset", "score_width_bucket", "RowTokenizeError", "SHAPES", "SHIPPED_HH", "SentencePieceTokenizer",
     "Skipped", "TokenizeOptions", "TokenizeReport", "TokenizedPair", "TokenizedPairs", "available_splits",
     "detect_shape", "flip_labels", "has_test_split", "load_preferences", "load_tokenizer", "mistral_tokenizer_path",
     "read_chat_template", "save_jsonl", "split_hh_dialogue", "split_shared_prefix",
