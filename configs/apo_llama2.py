@@ -7,8 +7,8 @@ golden answer (``golden`` field, e.g. GPT-4 responses), e.g.
         --config.model.hf_dir=/models/Llama-2-7b-sft --config.tokenizer.path=/models/Llama-2-7b-sft \
         --config.data.train_path=/data/hh_with_golden.jsonl --config.data.eval_path=/data/hh_test_with_golden.jsonl
 
-Compiled with `python -m jaxpref.aot` for v5e:4x4: policy step 8.87 GiB, reward-model step 6.68 GiB,
-sampler 14.54 GiB per chip of 15.75 (BENCHMARKS.md).
+Compiled with `python -m jaxpref.aot` (policy step / reward-model step / sampler, per chip): v5e:4x4
+8.87 / 6.68 / 14.54 GiB of 15.75, v5p:2x2x2 21.54 / 18.19 / 7.31 of 95.74 (BENCHMARKS.md).
 """
 
 from jaxpref.configs_base import dpo_7b_config

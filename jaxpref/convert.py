@@ -138,6 +138,12 @@ def _export_lora_step(args, workdir: str, trainable: dict) -> str:
     from jaxpref.train.export import export_adapter, export_hf
     from jaxpref.train.runtime import Runtime
 
+    if args.dtype or args.tokenizer_dir:
+        raise UserError("--dtype and --tokenizer-dir do not apply to a LoRA checkpoint: it is merged onto the run's "
+                        "own base and exported with the run's tokenizer; leave them out.")
+    if not os.path.isfile(os.path.join(workdir, "config.json")) and os.path.isfile(
+            os.path.join(os.path.dirname(workdir), "config.json")):
+        workdir = os.path.dirname(workdir)  # a ROPO round's checkpoints: WORKDIR/round_r/checkpoints/<step>
     cfg = _run_config(workdir)
     if cfg.algorithm in ("apo", "reward_model") or cfg.task.name not in ("",):
         raise UserError(f"{workdir}: exporting a LoRA checkpoint step is supported for policy runs on your own data "

@@ -38,6 +38,12 @@ def is_local(path) -> bool:
     return "://" not in text or text.split("://", 1)[0] in _LOCAL_SCHEMES
 
 
+def _local(path) -> str:
+    """A local path as a plain file-system path (``file://`` stripped)."""
+    text = os.fspath(path)
+    return text[len("file://"):] if text.startswith("file://") else text
+
+
 def as_path(path) -> epath.Path:
     """``path`` as an :class:`etils.epath.Path` (local or remote)."""
     return epath.Path(path)
@@ -45,12 +51,12 @@ def as_path(path) -> epath.Path:
 
 def join(root, *parts: str) -> str:
     """``root/part/...`` as a string; keeps ``gs://`` intact (``os.path.join`` would too, ``abspath`` would not)."""
-    return os.fspath(epath.Path(root).joinpath(*parts)) if not is_local(root) else os.path.join(root, *parts)
+    return os.fspath(epath.Path(root).joinpath(*parts)) if not is_local(root) else os.path.join(_local(root), *parts)
 
 
 def absolute(path) -> str:
     """An absolute local path, or the URI unchanged (orbax wants absolute local directories)."""
-    return os.path.abspath(path) if is_local(path) else os.fspath(path)
+    return os.path.abspath(_local(path)) if is_local(path) else os.fspath(path)
 
 
 def makedirs(path) -> None:
@@ -75,20 +81,31 @@ def read_json(path):
 
 def write_bytes(path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically, creating its parent directory."""
-    target = epath.Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     if not is_local(path):
+        target = epath.Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)  # an object appears whole or not at all
         return
+    target = epath.Path(_local(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.fspath(target.parent), prefix=f".{target.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide the run's files from other users
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, os.fspath(target))
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path, text: str) -> None:
@@ -101,12 +118,13 @@ def write_json(path, obj, **dump_kwargs) -> None:
 
 def append_text(path, text: str) -> None:
     """Append ``text`` to ``path`` (created when missing). Remote: read and rewrite (object stores cannot append)."""
-    target = epath.Path(path)
     if is_local(path):
+        target = epath.Path(_local(path))
         target.parent.mkdir(parents=True, exist_ok=True)
         with target.open("a") as f:
             f.write(text)
         return
+    target = epath.Path(path)
     old = target.read_text() if target.exists() else ""
     write_text(path, old + text)
 
@@ -149,22 +167,25 @@ def load_npz(path) -> dict:
 @contextlib.contextmanager
 def staged_dir(path) -> Iterator[str]:
     """A local directory to write ``path``'s files into: ``path`` itself when local; otherwise a temporary
-    directory whose files are copied to ``path`` when the block ends without an error."""
+    directory that replaces ``path`` when the block ends without an error (the old contents are removed
+    first, so no stale weight shard of an earlier export survives next to the new index; files are
+    streamed, never held in memory whole)."""
     if is_local(path):
-        os.makedirs(path, exist_ok=True)
-        yield os.fspath(path)
+        os.makedirs(_local(path), exist_ok=True)
+        yield _local(path)
         return
     tmp = tempfile.mkdtemp(prefix="jaxpref-stage-")
     try:
         yield tmp
         dest = epath.Path(path)
+        rmtree(dest)
         for root, _, files in os.walk(tmp):
             rel = os.path.relpath(root, tmp)
-            for name in files:
+            for name in sorted(files, key=lambda n: n.endswith(".json")):  # weights first, configs last
                 target = dest if rel == "." else dest / rel
                 target.mkdir(parents=True, exist_ok=True)
-                with open(os.path.join(root, name), "rb") as f:  # the local staging copy
-                    (target / name).write_bytes(f.read())
+                with open(os.path.join(root, name), "rb") as src, (target / name).open("wb") as out:
+                    shutil.copyfileobj(src, out, 16 << 20)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -60,8 +60,7 @@ def claim(workdir: str):
             raise ConfigError(f"{workdir} is locked by a run on host {holder.get('host')} (pid {holder.get('pid')}); if "
                               f"no run is active there, delete {path} and start again.")
         log.warning("%s: taking over the lock of a finished or killed run (pid %s)", workdir, holder.get("pid"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(me))
+    paths.write_json(path, me)  # atomic: a reader never sees a torn lock
     try:
         yield
     finally:

@@ -48,6 +48,20 @@ def test_local_writes_are_atomic_and_leave_no_temporaries(tmp_path, monkeypatch)
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["results.json"]
 
 
+def test_local_files_keep_the_umask_mode_and_file_uris_are_local_paths(tmp_path, monkeypatch):
+    old = os.umask(0o022)
+    try:
+        paths.write_text(str(tmp_path / "r.json"), "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+    monkeypatch.chdir(tmp_path)
+    uri = f"file://{tmp_path}/run"
+    paths.write_text(paths.join(uri, "a.txt"), "x")
+    assert (tmp_path / "run" / "a.txt").read_text() == "x" and paths.absolute(uri) == str(tmp_path / "run")
+    assert not (tmp_path / "file:").exists()
+
+
 def test_npz_round_trip_and_torn_file(tmp_path):
     path = str(tmp_path / "x.npz")
     paths.save_npz(path, a=np.arange(4, dtype=np.float32))
@@ -72,6 +86,11 @@ def test_remote_primitives(fake_gcs):
             f.write(b"xyz")
     assert paths.read_bytes("gs://b/run/hf_export/sub/w.bin") == b"xyz"
     assert not os.path.exists(local)  # the staging copy is gone
+    with paths.staged_dir("gs://b/run/hf_export") as local:  # a re-export replaces the old one: no stale shard
+        with open(os.path.join(local, "model.safetensors"), "wb") as f:
+            f.write(b"new")
+    assert not paths.exists("gs://b/run/hf_export/sub/w.bin")
+    assert paths.read_bytes("gs://b/run/hf_export/model.safetensors") == b"new"
 
 
 def test_a_whole_run_on_an_object_store_workdir(fake_gcs, tmp_path, monkeypatch):

@@ -14,8 +14,13 @@ class MetricLogger:
     """``log(step, metrics)`` appends one JSON line to ``<workdir>/metrics.jsonl`` and writes TensorBoard
     scalars under ``<workdir>/tensorboard``; on processes other than 0 it does nothing."""
 
+    #: seconds between writes of buffered records on an object store (a whole-object rewrite each time)
+    REMOTE_FLUSH_SECONDS = 30.0
+
     def __init__(self, workdir: str, enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self._pending: list[str] = []
+        self._last_write = time.monotonic()
         self.workdir = workdir
         self.path = paths.join(workdir, "metrics.jsonl")
         self._writer = None
@@ -28,6 +33,7 @@ class MetricLogger:
         TensorBoard's event stream over from ``step + 1`` (tensorboardX's ``purge_step``)."""
         if not self.enabled:
             return
+        self._write_pending()
         records = read_metrics(self.workdir)
         kept = [r for r in records if r["step"] <= step]
         if len(kept) != len(records):
@@ -39,15 +45,29 @@ class MetricLogger:
         if not self.enabled:
             return
         clean = {f"{prefix}/{k}": float(v) for k, v in metrics.items()}
-        paths.append_text(self.path, json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
+        line = json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n"
+        if paths.is_local(self.path):
+            paths.append_text(self.path, line)
+        else:  # an object store rewrites the whole object per append: buffer, write every REMOTE_FLUSH_SECONDS
+            self._pending.append(line)
+            if time.monotonic() - self._last_write >= self.REMOTE_FLUSH_SECONDS:
+                self._write_pending()
         for k, v in clean.items():
             self._writer.add_scalar(k, v, int(step))
 
+    def _write_pending(self) -> None:
+        if self._pending:
+            paths.append_text(self.path, "".join(self._pending))
+            self._pending = []
+        self._last_write = time.monotonic()
+
     def flush(self) -> None:
+        self._write_pending()
         if self._writer is not None:
             self._writer.flush()
 
     def close(self) -> None:
+        self._write_pending()
         if self._writer is not None:
             self._writer.close()
 
