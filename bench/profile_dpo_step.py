@@ -134,12 +134,11 @@ def main():
 
     if args.trace_calls == 0:
         return
-    shapes = collections.Counter((r[0], ix_w) for r, ix_w in zip(timed, [trainer.batcher.make_batch(ix)["score_index"].shape
-                                                                       for ix in plan]))
-    (common_ids, common_width), _ = shapes.most_common(1)[0]
-    pick = next(ix for ix in plan if (trainer.batcher.make_batch(ix)["input_ids"].shape,
-                                      trainer.batcher.make_batch(ix)["score_index"].shape) == (common_ids, common_width))
-    batch = trainer._to_device(trainer.batcher.make_batch(pick))
+    def shape(b):  # (token rows x length, score groups x width): one compiled program
+        return b["input_ids"].shape, b["score_index"].shape
+
+    common = collections.Counter(shape(b) for b in batches).most_common(1)[0][0]
+    batch = trainer._to_device(next(b for b in batches if shape(b) == common))
     zero = fns.zero(state.params)
     kinds = _op_kinds(fns._accumulate.lower(state.params, trainer.ref_params, zero, batch).compile().as_text())
     trace_dir = tempfile.mkdtemp(prefix="jaxpref_profile_")

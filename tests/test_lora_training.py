@@ -50,6 +50,16 @@ def _losses(workdir):
     return {r["step"]: r["train/loss"] for r in read_metrics(workdir)}
 
 
+def _assert_same_training(workdir, trainer, expected_losses, expected_trainer, *, atol):
+    """``workdir``'s losses equal ``expected_losses`` at every expected step (rtol 1e-5) and ``trainer``'s params
+    equal ``expected_trainer``'s (``atol``)."""
+    losses = _losses(workdir)
+    for step in expected_losses:
+        np.testing.assert_allclose(losses[step], expected_losses[step], rtol=1e-5, err_msg=f"step {step}")
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=atol),
+                           _host(trainer.state.params), _host(expected_trainer.state.params))
+
+
 def _lora_count(cfg: M.ModelConfig, rank: int, targets) -> int:
     """``r * (d_in + d_out)`` per adapted projection, written out from the model's sizes."""
     d, f = cfg.hidden_size, cfg.intermediate_size
@@ -132,12 +142,8 @@ def test_cached_reference_with_lora_equals_frozen(frozen_run, tmp_path):
     _, frozen_ref = frozen.pair_logps(frozen.state.params, frozen.pairs, with_reference=True)
     np.testing.assert_allclose(np.asarray(cached.reference_logps()), np.asarray(frozen_ref), rtol=1e-5)
     cached.fit()
-    cached_losses = _losses(str(tmp_path))
-    assert sorted(cached_losses) == sorted(frozen_losses) == [1, 2, 3]
-    for step in frozen_losses:
-        np.testing.assert_allclose(cached_losses[step], frozen_losses[step], rtol=1e-5, err_msg=f"step {step}")
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
-                           _host(cached.state.params), _host(frozen.state.params))
+    assert sorted(_losses(str(tmp_path))) == sorted(frozen_losses) == [1, 2, 3]
+    _assert_same_training(str(tmp_path), cached, frozen_losses, frozen, atol=1e-5)
     cached.close()
 
 
@@ -154,11 +160,7 @@ def test_sharded_lora_equals_single_device(frozen_run, tmp_path):
     assert sharded.base["layers_0"]["mlp"]["up_proj"]["kernel"].sharding.spec == jax.sharding.PartitionSpec(
         "fsdp", "tensor")
     sharded.fit()
-    losses = _losses(str(tmp_path))
-    for step in single_losses:
-        np.testing.assert_allclose(losses[step], single_losses[step], rtol=1e-5, err_msg=f"step {step}")
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4),
-                           _host(sharded.state.params), _host(single.state.params))
+    _assert_same_training(str(tmp_path), sharded, single_losses, single, atol=1e-4)
     sharded.close()
 
 
