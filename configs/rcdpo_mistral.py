@@ -10,7 +10,7 @@ score_rejected on a 1-10 scale). Point it at the checkpoint and data, e.g.
 Mistral's chat template has no system role in some versions: ``system_role="auto"`` probes the template
 and otherwise prepends the goal and a blank line to the first user turn (the paper's swap is kept).
 
-Compiled with `python -m jaxpref.aot` for v5e:4x4: training step 14.06 GiB per chip of 15.75 (BENCHMARKS.md);
+Compiled with `python -m jaxpref.aot` for v5e:4x4: training step 13.93 GiB per chip of 15.75 (BENCHMARKS.md);
 on v4/v5p its step has the shapes of configs/dpo_mistral.py's, which fits both.
 """
 
