@@ -176,6 +176,9 @@ def reward_conditioned_config() -> ml_collections.ConfigDict:
     r.template = DEFAULT_GOAL_TEMPLATE  # goal text; {score}, {min}, {max} are filled in (8 not 8.0)
     r.ties = "keep"  # keep (authors' behaviour: two contradicting pairs -> "no preference") | drop | error
     r.half = False  # keep a seeded random half of the 2N relabelled pairs (the paper's same-size ablation)
+    # which relabelled pairs train: both (the method) | goal_chosen (only goal = r_w, original order) |
+    # goal_rejected (only goal = r_l, swapped): the two halves as controls
+    r.pairs = "both"
     r.scale_min = 1.0  # the score scale; scores outside it are a DataError
     r.scale_max = 10.0
     r.inference_goal = ml_collections.FieldReference(None, field_type=float)  # goal at inference; None = scale_max
@@ -251,7 +254,10 @@ def gold_task_config() -> ml_collections.ConfigDict:
     t.samples_per_prompt = 4
     t.labeling = "deterministic"  # deterministic | bradley_terry
     t.selection = "random"  # random | best_worst
-    t.num_eval_prompts = 256
+    t.num_eval_prompts = 256  # test split: held-out prompts (and as many clean pairs) for the final metrics
+    # validation split for tuning: prompts and clean pairs drawn apart from the test split (0 = none)
+    t.num_val_prompts = 0
+    t.eval_split = "test"  # test | validation: the split evaluation reports (tune on validation only)
     t.hidden = 64
     t.layers = 2
     t.goal_tokens = 0  # reward-conditioned DPO: goal-score tokens 1..goal_tokens appended to the vocabulary
@@ -391,6 +397,7 @@ CONSTRAINTS = {
     "reward_conditioned.ties": _choice("keep", "drop", "error"),
     "reward_conditioned.system_role": _choice("auto", "true", "false"),
     "reward_conditioned.scores": _choice("data", "implicit"),
+    "reward_conditioned.pairs": _choice("both", "goal_chosen", "goal_rejected"),
     "apo.rounds": _at_least(1),
     "apo.samples_per_prompt": _at_least(1),
     "apo.rank_weight": _at_least(0.0),
@@ -402,6 +409,8 @@ CONSTRAINTS = {
     "apo.max_new_tokens": _at_least(1),
     "apo.policy_prompt_fraction": _in_range(0.0, 1.0, hi_open=False),
     "task.name": _choice("", "gold"),
+    "task.eval_split": _choice("test", "validation"),
+    "task.num_val_prompts": _at_least(0),
 }
 # the reward model's train section has the same ranges (None = inherit from config.train)
 CONSTRAINTS.update({f"reward_model.{k}": v for k, v in list(CONSTRAINTS.items()) if k.startswith("train.")})

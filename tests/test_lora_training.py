@@ -1,6 +1,6 @@
 """LoRA training end to end: only adapters train on a frozen base that is also the reference; sharded = single
 device; exact resume; cached = frozen reference; PEFT exports that PEFT and transformers load with the trained
-policy's logits; ROPO and APO with LoRA through the CLI's path; the 7B LoRA recipe's sizes."""
+policy's logits; ROPO, APO, reward-conditioned DPO and the reward model with LoRA through the CLI's path; the 7B LoRA recipe's sizes."""
 
 import json
 import os
@@ -340,16 +340,8 @@ def test_ropo_with_lora_end_to_end(tmp_path):
 
 def test_apo_with_lora_end_to_end_shares_one_base(tmp_path, monkeypatch):
     from jaxpref.pipeline import run
-    from jaxpref.train import trainer as trainer_mod
 
-    sessions = []
-    original = trainer_mod.Trainer.__init__
-
-    def record(self, *a, **k):
-        original(self, *a, **k)
-        sessions.append(self)
-
-    monkeypatch.setattr(trainer_mod.Trainer, "__init__", record)
+    sessions = _record_sessions(monkeypatch)
     cfg = _pipeline_cfg("apo_tiny.py", data__max_rows=24, train__num_steps=2, apo__rounds=1, apo__max_new_tokens=4)
     cfg.reward_model.train.num_steps = 2
     result = run(cfg, str(tmp_path), progress=False)
@@ -373,3 +365,89 @@ def test_apo_with_lora_end_to_end_shares_one_base(tmp_path, monkeypatch):
     for key in ("hf_export", "hf_export_rm"):
         assert os.path.isfile(os.path.join(result[key], "config.json")), key
     assert os.path.isfile(os.path.join(result["hf_adapter"], "adapter_model.safetensors"))
+
+
+def _record_sessions(monkeypatch):
+    """Every Trainer built from now on, in order (their state stays readable after the run closes them)."""
+    from jaxpref.train import trainer as trainer_mod
+
+    sessions = []
+    original = trainer_mod.Trainer.__init__
+
+    def record(self, *a, **k):
+        original(self, *a, **k)
+        sessions.append(self)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "__init__", record)
+    return sessions
+
+
+def test_reward_conditioned_with_lora_two_passes_on_one_base_and_an_adapter_as_implicit_policy(tmp_path, monkeypatch):
+    """Reward-conditioned DPO with implicit scores under LoRA: the implicit-score DPO pass and the conditioned pass
+    each train adapters only, on one placed base (array for array); a PEFT adapter directory then serves as
+    ``implicit_policy_dir`` (its scores spread over the scale: fresh B = 0 adapters would give every response
+    the same implicit reward, hence one score), and an adapter of another rank is one clear error."""
+    from jaxpref.algorithms import reward_conditioned as RC
+    from jaxpref.errors import ConfigError
+    from jaxpref.pipeline import run
+
+    sessions = _record_sessions(monkeypatch)
+    cfg = _pipeline_cfg("rcdpo_tiny.py", data__max_rows=16, train__num_steps=2)
+    cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.buckets = 256, 160, (256,)
+    result = run(cfg, str(tmp_path / "a"), progress=False)
+    implicit = [t for t in sessions if t.workdir.endswith("implicit_dpo")]
+    main = [t for t in sessions if t.workdir == str(tmp_path / "a")]
+    assert len(implicit) == len(main) == 1
+    implicit, main = implicit[0], main[0]
+    assert list(implicit.state.params) == ["lora"] == list(main.state.params)
+    assert int(jax.device_get(implicit.state.step)) == 2 == int(jax.device_get(main.state.step))
+    for a, b in zip(jax.tree_util.tree_leaves(implicit.base), jax.tree_util.tree_leaves(main.base)):
+        assert a is b
+    n = _lora_count(M.preset("tiny_llama"), 4, ("q_proj", "v_proj"))
+    assert result["trainable_params"] == n and result["num_augmented_pairs"] == 2 * result["num_rows"]
+    adapter_dir = result["hf_adapter"]
+    assert os.path.isfile(os.path.join(adapter_dir, "adapter_config.json"))
+
+    scored = []
+    original = RC.implicit_scores
+    monkeypatch.setattr(RC, "implicit_scores", lambda *a, **k: scored.append(original(*a, **k)) or scored[-1])
+    cfg.reward_conditioned.implicit_policy_dir = adapter_dir
+    run(cfg, str(tmp_path / "b"), progress=False)
+    second = [t for t in sessions if t.workdir.endswith(os.path.join("b", "implicit_dpo"))][0]
+    assert int(jax.device_get(second.state.step)) == 0  # the adapter was loaded, not trained again
+    scores = {s for r in scored[0] for s in (r["score_chosen"], r["score_rejected"])}
+    assert len(scores) >= 3, scores
+
+    cfg.lora.rank = 8
+    with pytest.raises(ConfigError, match="rank 4"):
+        run(cfg, str(tmp_path / "c"), progress=False)
+
+
+def test_reward_model_with_lora_exports_a_merged_model_that_scores_like_the_trained_one(tmp_path, monkeypatch):
+    """A standalone reward model under LoRA trains its adapters and head only, on the policy's frozen decoder; the
+    merged ``LlamaForSequenceClassification`` export scores the training pairs in transformers as jaxpref's trained
+    adapters do (each sequence alone, fp32, 1e-4)."""
+    import torch
+    import transformers
+
+    from jaxpref.pipeline import run
+
+    sessions = _record_sessions(monkeypatch)
+    cfg = _pipeline_cfg("rm_tiny.py", data__max_rows=16)
+    cfg.reward_model.train.num_steps = 3
+    result = run(cfg, str(tmp_path), progress=False)
+    (rm,) = sessions
+    assert sorted(rm.state.params) == ["lora", "score"] and list(rm.state.params["lora"]) == ["backbone"]
+    tiny = M.preset("tiny_llama")
+    assert result["trainable_params"] == _lora_count(tiny, 4, ("q_proj", "v_proj")) + tiny.hidden_size
+    chosen, rejected = rm.pair_logps(rm.state.params, rm.pairs)
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(result["hf_export"], dtype=torch.float32).eval()
+    theirs = []
+    for p in rm.pairs:
+        for response in (p.chosen_ids, p.rejected_ids):
+            ids = torch.tensor(np.concatenate([p.prompt_ids, response]).astype(np.int64)[None])
+            with torch.no_grad():
+                theirs.append(float(hf(input_ids=ids).logits[0, 0]))
+    ours = np.stack([np.asarray(chosen), np.asarray(rejected)], 1).reshape(-1)
+    assert np.ptp(ours) > 1e-3  # the trained head and adapters give different scores
+    np.testing.assert_allclose(np.asarray(theirs), ours, atol=1e-4, rtol=0)

@@ -55,6 +55,19 @@ def test_two_rows_per_pair_and_the_swap():
     assert _rows()[0] == dict(_rows()[0]) and _rows()[0]["prompt"] == "Q1"
 
 
+def test_one_half_of_the_relabelled_pairs_as_a_control():
+    """``pairs="goal_chosen"``: only the goal = r_w pairs, original order; ``"goal_rejected"``: only the swapped ones."""
+    w = reward_augment(_rows(), pairs="goal_chosen")
+    assert [(r["id"], r["chosen"], r["rejected"], r["goal"]) for r in w] == [
+        ("a/w", " good", " bad", 8.0), ("b/w", " fine", " meh", 8.5)]
+    lo = reward_augment(_rows(), pairs="goal_rejected")
+    assert [(r["id"], r["chosen"], r["rejected"], r["goal"]) for r in lo] == [
+        ("a/l", " bad", " good", 3.0), ("b/l", " meh", " fine", 7.25)]
+    assert lo[0]["prompt"].endswith("Overall score: 3.\n\nQ1")
+    with pytest.raises(ValueError, match="pairs must be"):
+        reward_augment(_rows(), pairs="half")
+
+
 def test_conversational_system_role_and_first_user_turn():
     msgs = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}, {"role": "user", "content": "Q"}]
     with_sys = condition_prompt(msgs, "GOAL", system_role=True)

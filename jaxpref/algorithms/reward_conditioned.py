@@ -21,7 +21,8 @@ The algorithm is generic (:func:`train`): a task may supply its own goal renderi
 goal tokens) and per-response scores through its :class:`~jaxpref.tasks.TaskInputs`. Config keys
 (``config.reward_conditioned``): ``template``, ``ties`` (keep | drop | error), ``half``,
 ``scale_min``/``scale_max``, ``inference_goal`` (None = scale_max), ``system_role`` (auto | true | false),
-``scores`` (data | implicit), ``implicit_policy_dir``.
+``scores`` (data | implicit), ``implicit_policy_dir``, ``pairs`` (both | goal_chosen | goal_rejected: the
+method, or one of its two halves as a control).
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def augment(cfg, rows, *, tokenizer=None, render=None) -> D.PreferenceDataset:
     rc = cfg.reward_conditioned
     return relabel.reward_augment(rows, template=rc.template, ties=rc.ties, half=rc.half, seed=cfg.seed,
                                   scale=(rc.scale_min, rc.scale_max), render=render,
-                                  system_role=_system_role(cfg, tokenizer))
+                                  system_role=_system_role(cfg, tokenizer), pairs=rc.pairs)
 
 
 def conditioned(cfg, rows, goal: float, *, tokenizer=None, render=None) -> D.PreferenceDataset:

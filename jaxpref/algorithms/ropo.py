@@ -92,6 +92,12 @@ def ropo_pair_loss(ropo_cfg, beta: float):
 # ---- scoring pairs with the current policy and the reference ----------------------------------------------
 
 
+def implicit_margins(policy: tuple, reference: tuple, beta: float) -> np.ndarray:
+    """``u_i = beta * ((log pi(y_w) - log pi_0(y_w)) - (log pi(y_l) - log pi_0(y_l)))`` of every pair ``[N]``."""
+    (pc, pr), (rc, rr) = policy, reference
+    return beta * ((np.asarray(pc) - np.asarray(rc)) - (np.asarray(pr) - np.asarray(rr)))
+
+
 def per_pair_losses(policy: tuple, reference: tuple, *, kind: str, alpha: float, beta: float) -> np.ndarray:
     """``l_i`` of every pair from its policy and reference log-probs (``kind``: ``"ropo"`` or ``"dpo"``)."""
     (pc, pr), (rc, rr) = policy, reference
@@ -223,6 +229,9 @@ def train(runtime: Runtime, inputs: TaskInputs, workdir: str, *, progress: bool 
             "num_pairs": len(pairs),
             "ids": [p.id for p in pairs],
             "losses": [float(x) for x in losses],
+            # u = beta * (h(x, y_w) - h(x, y_l)) per pair: where ROPO's loss differs from DPO's (u < -1.3 damps)
+            "margins": [float(x) for x in implicit_margins(pol, ref, beta)],
+            "flipped": flips,
             "weights": [float(x) for x in weights],
             "kept_ids": [row["id"] for row in kept],
             "discarded_ids": [row["id"] for row in discarded],
@@ -244,9 +253,11 @@ def train(runtime: Runtime, inputs: TaskInputs, workdir: str, *, progress: bool 
         result = {
             "algorithm": "ropo", "status": "done", "step": int(jax.device_get(trainer.state.step)),
             **runtime.param_counts(),
-            "rounds": [{k: v for k, v in rec.items() if k not in ("train_rows", "next_rows", "losses", "weights", "ids")}
+            "rounds": [{k: v for k, v in rec.items()
+                        if k not in ("train_rows", "next_rows", "losses", "margins", "flipped", "weights", "ids")}
                        for rec in records],
             **_flag_metrics(original_rows, all_discarded),
+            **({"flag_auroc": records[0]["flag_auroc"]} if records and "flag_auroc" in records[0] else {}),
             "eval": trainer.evaluate(),
             "final_num_pairs": len(current),
         }

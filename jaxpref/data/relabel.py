@@ -88,9 +88,12 @@ def _score(row: dict, key: str, scale: tuple[float, float]) -> float:
     return value
 
 
+PAIRS = ("both", "goal_chosen", "goal_rejected")
+
+
 def reward_augment(rows, *, template: str = DEFAULT_GOAL_TEMPLATE, ties: str = "keep", half: bool = False,
                    seed: int = 0, scale: tuple[float, float] = (1, 10), system_role: bool = True,
-                   render: Callable[[float], str] | None = None) -> PreferenceDataset:
+                   render: Callable[[float], str] | None = None, pairs: str = "both") -> PreferenceDataset:
     """Relabel scored rows into goal-conditioned rows (two per input row; see the module docstring).
 
     Args:
@@ -101,12 +104,18 @@ def reward_augment(rows, *, template: str = DEFAULT_GOAL_TEMPLATE, ties: str = "
       scale: ``(min, max)`` of valid scores; a score outside raises :class:`DataError`.
       system_role: whether conversational prompts take the goal as a system message.
       render: ``score -> goal text`` overriding ``template`` (e.g. a goal *token* on a synthetic task).
+      pairs: ``"both"`` (the method); ``"goal_chosen"`` keeps only the ``/w`` pairs (goal = score_chosen, the
+        original order: DPO with a goal in the prompt) and ``"goal_rejected"`` only the swapped ``/l`` pairs --
+        the two halves as controls, ``N`` pairs each.
 
     Returns a :class:`PreferenceDataset` whose rows keep every input field and add ``goal`` and
     ``source_id``; ids are ``"<id>/w"`` (goal = score_chosen) and ``"<id>/l"`` (goal = score_rejected, swapped).
     """
     if ties not in TIES:
         raise ValueError(f"ties must be one of {TIES}, got {ties!r}.")
+    if pairs not in PAIRS:
+        raise ValueError(f"pairs must be one of {PAIRS}, got {pairs!r}.")
+    suffixes = {"both": ("w", "l"), "goal_chosen": ("w",), "goal_rejected": ("l",)}[pairs]
     if scale[0] >= scale[1]:
         raise ValueError(f"scale {scale} must have min < max.")
     render = render or (lambda s: render_goal(s, template, scale))
@@ -123,6 +132,8 @@ def reward_augment(rows, *, template: str = DEFAULT_GOAL_TEMPLATE, ties: str = "
         for suffix, goal, chosen, rejected, s_c, s_r in (
                 ("w", r_w, row["chosen"], row["rejected"], r_w, r_l),
                 ("l", r_l, row["rejected"], row["chosen"], r_l, r_w)):
+            if suffix not in suffixes:
+                continue
             new = dict(row, id=f"{rid}/{suffix}", source_id=rid, goal=goal, chosen=chosen, rejected=rejected,
                        score_chosen=s_c, score_rejected=s_r,
                        prompt=condition_prompt(row["prompt"], render(goal), system_role=system_role))

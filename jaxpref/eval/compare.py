@@ -3,8 +3,11 @@
     python -m jaxpref.eval.compare --spec=bench/ropo_table.py --out=results/ropo_table
 
 A *spec* is a Python file with ``get_variants() -> dict[name, ConfigDict]`` (every variant a full
-experiment config with the same ``task`` section) and optionally ``FLIP_RATES``, ``SEEDS``, ``METRICS``
-(the columns of the table) and ``TITLE``. Per seed the SFT policy and its pairs are built once and shared
+experiment config with the same ``task`` section; a variant may instead be a function ``flip_rate ->
+ConfigDict``, e.g. rDPO with its assumed noise rate set to the true one) and optionally ``FLIP_RATES``,
+``SEEDS``, ``METRICS`` (the columns of the table), ``TITLE`` and ``BASELINE`` (a variant name: every other
+variant's per-seed paired differences against it, :func:`paired_differences`, go to ``table.md`` and
+``results.json``). Per seed the SFT policy and its pairs are built once and shared
 by every variant and flip rate, so differences between variants are differences between algorithms.
 
 Each run writes ``<out>/<variant>/flip<rate>_seed<seed>/results.json``; a run whose file already exists is
@@ -40,10 +43,17 @@ def load_spec(path: str):
     return module
 
 
-def _check_same_task(variants: dict) -> None:
-    tasks = {name: json.dumps(cfg.task.to_dict(), sort_keys=True) for name, cfg in variants.items()}
+def variant_config(variant, flip_rate: float):
+    """A variant's config at ``flip_rate`` (a spec's variant is a ConfigDict or a function of the flip rate)."""
+    return variant(flip_rate) if callable(variant) else variant
+
+
+def _check_same_task(variants: dict, flip_rates=(0.0,)) -> None:
+    tasks = {(name, rate): json.dumps(variant_config(v, rate).task.to_dict(), sort_keys=True)
+             for name, v in variants.items() for rate in flip_rates}
     if len(set(tasks.values())) > 1:
-        raise ValueError(f"variants must share one task section to share SFT data; they differ: {sorted(tasks)}")
+        raise ValueError("variants must share one task section to share SFT data; they differ: "
+                         f"{sorted({name for name, _ in tasks})}")
 
 
 def stale_reason(stored: dict, cfg, *, commit: str | None) -> str | None:
@@ -72,7 +82,7 @@ def _run_config(cfg, seed: int, rate: float):
 
 def run_comparison(variants: dict, flip_rates, seeds, out_dir: str, *, progress: bool = False,
                    metrics=DEFAULT_METRICS, title: str = "", rerun_stale: bool = False,
-                   any_commit: bool = False) -> dict:
+                   any_commit: bool = False, baseline: str | None = None) -> dict:
     """Run every ``(variant, flip rate, seed)``; return ``{"runs": {variant: [result...]}, "summary": ...}``.
 
     A run whose ``results.json`` exists is reused only when it records the same resolved config and git commit
@@ -83,17 +93,19 @@ def run_comparison(variants: dict, flip_rates, seeds, out_dir: str, *, progress:
     from jaxpref.errors import UserError
     from jaxpref.pipeline import _config_record
 
-    commit = None if any_commit else (_config_record(next(iter(variants.values())))["git_commit"] or None)
-    _check_same_task(variants)
+    if baseline is not None and baseline not in variants:
+        raise UserError(f"BASELINE {baseline!r} is not a variant of this spec; it has {sorted(variants)}.")
+    any_cfg = variant_config(next(iter(variants.values())), flip_rates[0])
+    commit = None if any_commit else (_config_record(any_cfg)["git_commit"] or None)
+    _check_same_task(variants, flip_rates)
     os.makedirs(out_dir, exist_ok=True)
     runs: dict[str, list[dict]] = {name: [] for name in variants}
-    any_cfg = next(iter(variants.values()))
     for seed in seeds:
         td = None
-        for name, cfg in variants.items():
-            cfg = cfg.copy_and_resolve_references()
-            cfg.seed = seed
+        for name, variant in variants.items():
             for rate in flip_rates:
+                cfg = variant_config(variant, rate).copy_and_resolve_references()
+                cfg.seed = seed
                 workdir = os.path.join(out_dir, name, f"flip{rate}_seed{seed}")
                 done = os.path.join(workdir, "results.json")
                 r = None
@@ -111,6 +123,7 @@ def run_comparison(variants: dict, flip_rates, seeds, out_dir: str, *, progress:
                     if td is None:
                         td = build_task_data(any_cfg, seed, progress=progress)
                     r = E.run_one(cfg, td, rate, seed, workdir, progress=progress)
+                r = E.with_eval_scalars(r)
                 r["variant"] = name
                 runs[name].append(r)
                 print(f"[{name}] flip {rate} seed {seed}: " + " ".join(
@@ -118,19 +131,64 @@ def run_comparison(variants: dict, flip_rates, seeds, out_dir: str, *, progress:
     summary = {name: E.aggregate(rs) for name, rs in runs.items()}
     per_round = {name: aggregate_rounds(rs) for name, rs in runs.items()}
     per_round = {k: v for k, v in per_round.items() if v}
-    result = {"variants": {n: json.loads(c.to_json_best_effort()) for n, c in variants.items()},
+    paired = paired_differences(runs, baseline, metrics) if baseline else {}
+    result = {"variants": {n: {str(rate): json.loads(variant_config(v, rate).to_json_best_effort()) for rate in flip_rates}
+                           for n, v in variants.items()},
               "flip_rates": list(flip_rates), "seeds": list(seeds), "runs": runs, "summary": summary,
-              "per_round": per_round}
+              "per_round": per_round, "baseline": baseline, "paired": paired}
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(result, f, indent=1, default=float)
     with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(markdown_table(summary, metrics))
+        if paired:
+            f.write(f"\nPaired per-seed differences against {baseline} (mean [95% t-interval]):\n\n"
+                    + markdown_paired_table(paired, metrics))
         if per_round:
             f.write("\nPer round (mean ± std over seeds):\n\n" + markdown_round_table(per_round))
     plot_comparison(summary, metrics, os.path.join(out_dir, "plot.png"), title or f"{len(seeds)} seeds")
     if per_round:
         plot_rounds(per_round, os.path.join(out_dir, "rounds.png"), title or f"{len(seeds)} seeds")
     return result
+
+
+def paired_differences(runs: dict, baseline: str, metrics, confidence: float = 0.95) -> dict:
+    """``{variant: {flip rate: {metric: {"diffs", "mean", "std", "lo", "hi", "n"}}}}``: per seed, the variant's
+    metric minus the baseline's at the same flip rate and seed (the runs share their SFT policy and pairs, so
+    the pairing removes the seed's own variation), then the mean, the sample std and the two-sided
+    ``confidence`` Student-t interval of the mean (``mean -+ t_{n-1} * std / sqrt(n)``; NaN bounds for n < 2)."""
+    from scipy import stats
+
+    base = {(r["flip_rate"], r["seed"]): r for r in runs[baseline]}
+    out: dict = {}
+    for name, rs in runs.items():
+        if name == baseline:
+            continue
+        per_rate: dict = {}
+        for rate in sorted({r["flip_rate"] for r in rs}):
+            for m in metrics:
+                diffs = [float(r[m]) - float(base[(rate, r["seed"])][m]) for r in rs
+                         if r["flip_rate"] == rate and (rate, r["seed"]) in base
+                         and isinstance(r.get(m), (int, float)) and isinstance(base[(rate, r["seed"])].get(m), (int, float))]
+                if not diffs:
+                    continue
+                d = np.asarray(diffs)
+                mean, std = Me.mean_std(d)
+                half = stats.t.ppf(0.5 + confidence / 2, d.size - 1) * std / np.sqrt(d.size) if d.size > 1 else np.nan
+                per_rate.setdefault(str(rate), {})[m] = {"diffs": diffs, "mean": mean, "std": std,
+                                                         "lo": float(mean - half), "hi": float(mean + half), "n": int(d.size)}
+        out[name] = per_rate
+    return out
+
+
+def markdown_paired_table(paired: dict, metrics) -> str:
+    """Rows = (variant, flip rate), columns = metrics as ``mean [lo, hi]`` of the paired differences."""
+    lines = ["| variant − baseline | flip rate | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for name, per_rate in paired.items():
+        for rate, stats in per_rate.items():
+            cells = [f"{stats[m]['mean']:+.3f} [{stats[m]['lo']:+.3f}, {stats[m]['hi']:+.3f}]" if m in stats else "–"
+                     for m in metrics]
+            lines.append(f"| {name} | {float(rate):g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def aggregate_rounds(runs: list[dict]) -> dict:
@@ -243,7 +301,8 @@ def main(argv=None) -> int:
         flip_rates = [float(r) for r in rates.value] if rates.value else list(getattr(spec, "FLIP_RATES", (0.0, 0.2, 0.4)))
         seed_list = [int(s) for s in seeds.value] if seeds.value else list(getattr(spec, "SEEDS", (0, 1, 2)))
         run_comparison(variants, flip_rates, seed_list, out.value, metrics=getattr(spec, "METRICS", DEFAULT_METRICS),
-                       title=getattr(spec, "TITLE", ""), rerun_stale=rerun.value, any_commit=any_commit.value)
+                       title=getattr(spec, "TITLE", ""), rerun_stale=rerun.value, any_commit=any_commit.value,
+                       baseline=getattr(spec, "BASELINE", None))
         print(f"wrote {out.value}/results.json, table.md and plot.png")
 
     app.run(_main, argv=argv or sys.argv)

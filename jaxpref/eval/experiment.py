@@ -33,7 +33,14 @@ def run_one(cfg, td, flip_rate: float, seed: int, workdir: str, progress: bool =
     cfg = cfg.copy_and_resolve_references()
     cfg.seed, cfg.data.flip_rate = seed, flip_rate
     cfg.task.name = "gold"
-    return run(cfg, workdir, task_data=td, progress=progress)
+    return with_eval_scalars(run(cfg, workdir, task_data=td, progress=progress))
+
+
+def with_eval_scalars(result: dict) -> dict:
+    """``result`` with its held-out pair metrics also as top-level scalars, so tables can show them
+    (``"eval/rewards/chosen"``: beta times the mean log-ratio ``log pi - log pi_ref`` of the held-out chosen)."""
+    result.update({f"eval/{k}": v for k, v in (result.get("eval") or {}).items() if isinstance(v, (int, float))})
+    return result
 
 
 def aggregate(runs: list[dict]) -> dict:

@@ -32,7 +32,8 @@ def build_task_data(cfg, seed: int, progress: bool = False) -> S.TaskData:
     return S.build_preference_data(
         task_from_config(cfg), seed=seed, num_pair_prompts=t.num_pair_prompts, num_eval_prompts=t.num_eval_prompts,
         num_sft_prompts=t.num_sft_prompts, samples_per_prompt=t.samples_per_prompt, sft_steps=t.sft_steps,
-        labeling=t.labeling, selection=t.selection, hidden=t.hidden, layers=t.layers, progress=progress)
+        labeling=t.labeling, selection=t.selection, hidden=t.hidden, layers=t.layers, num_val_prompts=t.num_val_prompts,
+        progress=progress)
 
 
 def evaluate_policy(td: S.TaskData, params, *, clean_accuracy: float | None = None, seed: int = 0,
@@ -110,6 +111,9 @@ def inputs(cfg, td: S.TaskData | None = None, *, progress: bool = False) -> Task
     """The task's rows with ``data.flip_rate`` of the labels flipped (seed ``config.seed``), its SFT policy,
     prompts and evaluation. ``td`` reuses task data built for this seed (experiments share it)."""
     td = td or build_task_data(cfg, cfg.seed, progress=progress)
+    if cfg.task.eval_split == "validation" and td.val_prompts is None:
+        raise ConfigError("config.task.eval_split='validation' needs a validation split: set config.task.num_val_prompts > 0.")
+    td = td.split(cfg.task.eval_split)  # every held-out metric below (and the APO golden pairs) uses this split
     task = td.task
     noisy, flipped = D.flip_labels(td.train_rows, cfg.data.flip_rate, seed=cfg.seed)
     # the gold rewards (swapped with their responses by a flip) travel as gold_*; score_* are what

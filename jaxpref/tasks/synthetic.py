@@ -137,9 +137,11 @@ def strip_response(tokens: Sequence[int], mask: Sequence[int], keep_eos: bool = 
 
 
 def model_config(task: GoldTask, *, hidden: int = 64, layers: int = 2, heads: int = 4) -> M.ModelConfig:
+    # BOS + goal + prompt + up to prompt_length + 4 sampled tokens, with room to spare
+    positions = max(64, 2 * task.prompt_length + 16)
     return M.ModelConfig(vocab_size=task.model_vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                         max_position_embeddings=64, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
+                         max_position_embeddings=positions, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD)
 
 
 # ---- SFT ---------------------------------------------------------------------------------------------
@@ -282,16 +284,34 @@ class TaskData:
     model: M.LlamaForCausalLM
     sft_params: dict
     train_rows: D.PreferenceDataset  # clean-labelled pairs from SFT samples (flip them per experiment)
-    eval_rows: D.PreferenceDataset  # held-out clean pairs
-    eval_prompts: np.ndarray  # held-out prompts for sampling-based metrics
-    sft_eval: dict  # metrics of the SFT policy itself
+    eval_rows: D.PreferenceDataset  # held-out clean pairs (test split)
+    eval_prompts: np.ndarray  # held-out prompts for sampling-based metrics (test split)
+    sft_eval: dict  # metrics of the SFT policy itself on the test prompts
+    # the validation split (tuning): its own prompts and clean pairs, disjoint draws from the test split's
+    val_rows: D.PreferenceDataset | None = None
+    val_prompts: np.ndarray | None = None
+    sft_val_eval: dict | None = None
+
+    def split(self, name: str) -> "TaskData":
+        """This task data with ``eval_*``/``sft_eval`` taken from split ``name`` (``test`` or ``validation``)."""
+        if name == "test":
+            return self
+        if name != "validation":
+            raise ValueError(f"unknown split {name!r}; expected 'test' or 'validation'.")
+        if self.val_prompts is None:
+            raise ValueError("this task data has no validation split (task.num_val_prompts = 0).")
+        return dataclasses.replace(self, eval_rows=self.val_rows, eval_prompts=self.val_prompts,
+                                   sft_eval=self.sft_val_eval)
 
 
 def build_preference_data(task: GoldTask, *, seed: int = 0, num_pair_prompts: int = 512, num_eval_prompts: int = 256,
                           num_sft_prompts: int = 4096, samples_per_prompt: int = 4, sft_steps: int = 1500,
                           labeling: str = "deterministic", selection: str = "random", hidden: int = 64,
-                          layers: int = 2, progress: bool = False) -> TaskData:
-    """Steps (1)-(3) of the pipeline for one seed (flips are applied by the caller)."""
+                          layers: int = 2, num_val_prompts: int = 0, progress: bool = False) -> TaskData:
+    """Steps (1)-(3) of the pipeline for one seed (flips are applied by the caller).
+
+    ``num_val_prompts > 0`` adds a validation split (prompts and clean pairs for tuning), drawn from a generator
+    of its own so that the other draws -- and so every result without a validation split -- are unchanged."""
     rng = np.random.default_rng(seed)
     sft_prompts = task.sample_prompts(rng, num_sft_prompts)
     pair_prompts = task.sample_prompts(rng, num_pair_prompts)
@@ -303,7 +323,13 @@ def build_preference_data(task: GoldTask, *, seed: int = 0, num_pair_prompts: in
     train_rows = make_pairs(task, pair_prompts, samples, labeling=labeling, selection=selection, seed=seed)
     eval_rows = clean_pairs(task, eval_prompts, np.random.default_rng(seed + 7))
     sft_eval = sampled_gold_reward(task, model, params, eval_prompts, seed=seed + 2)
-    return TaskData(task, model, params, train_rows, eval_rows, eval_prompts, sft_eval)
+    val = {}
+    if num_val_prompts:
+        val_rng = np.random.default_rng([seed, 1])
+        val_prompts = task.sample_prompts(val_rng, num_val_prompts)
+        val = dict(val_prompts=val_prompts, val_rows=clean_pairs(task, val_prompts, val_rng, id_prefix="val"),
+                   sft_val_eval=sampled_gold_reward(task, model, params, val_prompts, seed=seed + 2))
+    return TaskData(task, model, params, train_rows, eval_rows, eval_prompts, sft_eval, **val)
 
 
 # ---- sampling-based metrics of a policy on the task -----------------------------------------------------
