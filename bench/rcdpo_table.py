@@ -3,7 +3,10 @@
     python -m jaxpref.eval.compare --spec=bench/rcdpo_table.py --out=docs/results/rcdpo_table
 
 Same SFT policy, pairs, model and step budget (DPO: N pairs x 4 epochs; augmented: 2N x 2; half: N x 4),
-plus the augmented set with 3x the steps.
+plus the augmented set with 3x the steps, and the two halves of the augmented set as controls (N pairs x 4
+epochs each): only the goal = score_chosen pairs (DPO with a goal token) and only the swapped goal =
+score_rejected pairs. ``eval/rewards/chosen`` and ``eval/rewards/rejected`` are beta times the mean log-prob
+change (policy vs SFT) of the held-out clean pairs' chosen and rejected responses, unconditioned.
 """
 
 import os
@@ -12,10 +15,11 @@ from jaxpref.configs_base import load_config_file
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
 FLIP_RATES = (0.0,)
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1, 2, 3, 4)
+BASELINE = "dpo"
 METRICS = ("gold_reward", "gold_reward_unconditioned", "win_rate", "clean_accuracy", "clean_accuracy_goal_max",
-           "unlearning_high_rejected", "kl")
-TITLE = "reward-conditioned DPO on the gold-reward task (3 seeds)"
+           "eval/rewards/chosen", "eval/rewards/rejected", "unlearning_high_rejected", "kl")
+TITLE = "reward-conditioned DPO on the gold-reward task (5 seeds)"
 
 
 def get_variants():
@@ -28,4 +32,10 @@ def get_variants():
     half.train.num_epochs = 4.0
     longer = load_config_file(os.path.join(ROOT, "rcdpo_synthetic.py"))
     longer.train.num_epochs = 6.0  # 3x the step budget: does the goal-conditioned objective only need longer?
-    return {"dpo": dpo, "augmented": augmented, "augmented_half": half, "augmented_3x_steps": longer}
+    halves = {}
+    for which in ("goal_chosen", "goal_rejected"):
+        c = load_config_file(os.path.join(ROOT, "rcdpo_synthetic.py"))
+        c.reward_conditioned.pairs = which
+        c.train.num_epochs = 4.0  # N pairs x 4 epochs: DPO's step budget
+        halves[f"only_{which}"] = c
+    return {"dpo": dpo, "augmented": augmented, "augmented_half": half, "augmented_3x_steps": longer, **halves}

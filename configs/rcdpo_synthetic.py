@@ -3,8 +3,9 @@
     python -m jaxpref.main --config=configs/rcdpo_synthetic.py --workdir=/tmp/rcdpo_syn --config.seed=1
     python -m jaxpref.eval.compare --spec=bench/rcdpo_table.py --out=results/rcdpo_table
 
-The task reserves 10 goal tokens (ids 32..41, never seen in SFT); goal g conditions a prompt as
-``[BOS, goal_token(g), prompt...]``. Gold rewards map onto the scale by rank over the training responses (every goal populated).
+The task reserves 10 goal tokens (ids 32..41); goal g conditions a prompt as ``[BOS, goal_token(g), prompt...]``.
+The SFT policy sees a *random* goal token in half its examples (so the tokens are known but carry no meaning
+before preference training). Gold rewards map onto the scale by rank over the training responses.
 """
 
 import os

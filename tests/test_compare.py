@@ -1,5 +1,6 @@
 """The comparison runner's aggregation, tables and plots on hand-made run records."""
 
+import numpy as np
 import pytest
 
 from jaxpref.eval import compare as C
@@ -77,3 +78,36 @@ def test_stored_runs_are_reused_only_for_the_same_config_and_commit():
     other = C._run_config(cfg, 1, 0.4)
     assert "config.data.flip_rate" in C.stale_reason(stored, other, commit="abc")
     assert C.stale_reason({"gold_reward": 0.5}, run_cfg, commit="abc") == "it records no config"
+
+
+def test_paired_differences_by_hand():
+    """Per seed: variant minus baseline at the same flip rate and seed; mean, sample std and the t-interval
+    (t_{0.975, 2} = 4.302653 for three seeds), computed here by hand."""
+    base = [{"flip_rate": 0.2, "seed": s, "g": g} for s, g in ((0, 0.5), (1, 0.6), (2, 0.4))]
+    other = [{"flip_rate": 0.2, "seed": s, "g": g} for s, g in ((2, 0.7), (0, 0.6), (1, 0.6))]  # any order
+    paired = C.paired_differences({"base": base, "other": other}, "base", ("g", "missing"))
+    stats = paired["other"]["0.2"]["g"]
+    assert stats["diffs"] == pytest.approx([0.3, 0.1, 0.0]) and "missing" not in paired["other"]["0.2"]
+    mean, std = 0.4 / 3, float(np.std([0.3, 0.1, 0.0], ddof=1))
+    assert stats["mean"] == pytest.approx(mean) and stats["std"] == pytest.approx(std)
+    half = 4.302653 * std / 3 ** 0.5
+    assert (stats["lo"], stats["hi"]) == pytest.approx((mean - half, mean + half), abs=1e-6)
+    assert "base" not in paired
+    table = C.markdown_paired_table(paired, ("g",))
+    assert f"| other | 0.2 | {mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] |" in table
+
+
+def test_variants_may_depend_on_the_flip_rate():
+    import os
+
+    from jaxpref.configs_base import load_config_file
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", "dpo_synthetic.py")
+
+    def rdpo(rate):
+        c = load_config_file(path)
+        c.loss.type, c.loss.label_smoothing = "robust", rate
+        return c
+
+    assert C.variant_config(rdpo, 0.4).loss.label_smoothing == 0.4
+    C._check_same_task({"dpo": load_config_file(path), "rdpo": rdpo}, (0.0, 0.4))

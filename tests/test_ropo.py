@@ -38,8 +38,21 @@ def test_weight_update_equals_brute_force(seed):
         ropo.ropo_weight_update([1.0, 2.0], 3)
 
 
-def _tiny_cfg():
+def _small_task_ropo_cfg():
+    """``configs/ropo_synthetic.py`` on the small task of ``configs/dpo_synthetic.py`` (6-token prompts and
+    responses, 512 pairs, no validation split): what these tests were sized for."""
     cfg = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "ropo_synthetic.py"))
+    small = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "dpo_synthetic.py"))
+    flip_rate = cfg.data.flip_rate
+    cfg.task, cfg.data = small.task, small.data
+    cfg.data.flip_rate = flip_rate
+    cfg.train.pairs_per_batch = small.train.pairs_per_batch
+    cfg.ropo.max_new_tokens = 10
+    return cfg
+
+
+def _tiny_cfg():
+    cfg = _small_task_ropo_cfg()
     cfg.task.num_sft_prompts, cfg.task.sft_steps = 256, 40
     cfg.task.num_pair_prompts, cfg.task.num_eval_prompts = 64, 32
     cfg.task.hidden = 32
@@ -71,6 +84,14 @@ def test_one_round_keeps_discards_and_resamples_as_the_weights_say(tiny_task, tm
     assert len(record["discarded_ids"]) == n - round(0.8 * n)
     losses = dict(zip(record["ids"], record["losses"]))
     assert max(losses[i] for i in record["kept_ids"]) <= min(losses[i] for i in record["discarded_ids"])
+    # each recorded margin u = beta * Delta gives the recorded loss by the paper's formula, written out here
+    u, alpha = np.asarray(record["margins"], np.float64), cfg.ropo.alpha
+    sig = lambda x: 1.0 / (1.0 + np.exp(-x))  # noqa: E731
+    by_hand = 4 * alpha / (1 + alpha) ** 2 * (-np.log(sig(u)) + alpha * sig(-u))
+    np.testing.assert_allclose(record["losses"], by_hand, rtol=1e-4, atol=1e-5)
+    assert np.ptp(u) > 0 and record["flipped"] == [by_id_flip for by_id_flip in
+                                                  (dict((r["id"], r["flipped"]) for r in rows)[i] for i in record["ids"])]
+    assert summary["flag_auroc"] == record["flag_auroc"]
     # rejection-sampled pairs: new ids, the discarded prompt, two different responses, in the next round's data
     by_id = {r["id"]: r for r in rows}
     new = [r for r in record["next_rows"] if r["id"] in set(record["new_ids"])]
@@ -138,7 +159,7 @@ def test_discarded_pairs_are_enriched_in_flips(tmp_path):
     discarding, precision would be 0.2 +- 0.04 (one sd for ~100 discarded pairs); the test asks for >= 0.3."""
     from jaxpref.tasks import gold
 
-    cfg = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "ropo_synthetic.py"))
+    cfg = _small_task_ropo_cfg()
     cfg.task.num_sft_prompts, cfg.task.sft_steps = 1024, 400
     cfg.task.num_pair_prompts, cfg.task.num_eval_prompts = 512, 32
     cfg.train.learning_rate, cfg.train.num_epochs = 5e-4, 4.0

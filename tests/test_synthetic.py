@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -124,3 +125,35 @@ def test_pipeline_smoke(tmp_path):
     assert (tmp_path / "plot.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["summary"]) == {"0.0", "0.5"} and "mean" in saved["summary"]["0.0"]["gold_reward"]
+
+
+def test_validation_split_is_apart_from_the_test_split_and_changes_nothing_else(tmp_path):
+    """``task.num_val_prompts`` adds validation prompts and clean pairs drawn apart from the test split (no prompt
+    in both), leaves every other draw as it was (same SFT policy, train pairs and test split), and
+    ``task.eval_split = "validation"`` makes the evaluation use them (the SFT policy scored on them too)."""
+    import os
+
+    from jaxpref.errors import ConfigError
+    from jaxpref.tasks import gold
+
+    cfg = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "dpo_synthetic.py"))
+    cfg.task.num_sft_prompts, cfg.task.sft_steps = 64, 2
+    cfg.task.num_pair_prompts, cfg.task.num_eval_prompts = 32, 32
+    plain = gold.build_task_data(cfg, 3)
+    cfg.task.num_val_prompts = 48
+    with_val = gold.build_task_data(cfg, 3)
+    assert plain.val_prompts is None and with_val.val_prompts.shape == (48, cfg.task.prompt_length)
+    np.testing.assert_array_equal(plain.eval_prompts, with_val.eval_prompts)
+    assert list(plain.train_rows) == list(with_val.train_rows) and list(plain.eval_rows) == list(with_val.eval_rows)
+    for a, b in zip(jax.tree_util.tree_leaves(plain.sft_params), jax.tree_util.tree_leaves(with_val.sft_params)):
+        np.testing.assert_array_equal(a, b)
+    test_prompts = {tuple(p) for p in with_val.eval_prompts}
+    assert not test_prompts & {tuple(p) for p in with_val.val_prompts}
+    assert with_val.val_rows and all(r["id"].startswith("val:") for r in with_val.val_rows)
+
+    cfg.task.eval_split = "validation"
+    inputs = gold.inputs(cfg, with_val)
+    assert list(inputs.eval_rows) == list(with_val.val_rows)
+    cfg.task.eval_split, cfg.task.num_val_prompts = "validation", 0
+    with pytest.raises(ConfigError, match="num_val_prompts"):
+        gold.inputs(cfg, plain)
