@@ -39,17 +39,23 @@ def test_spec_loading_errors(tmp_path):
         C.load_spec(str(bad))
 
 
-@pytest.mark.parametrize("name", ["ropo_table", "rcdpo_table", "apo_table"])
+@pytest.mark.parametrize("name", ["ropo_table", "ropo_tune", "rcdpo_table", "apo_table"])
 def test_shipped_specs_load_and_share_one_task(name):
     import os
 
     from jaxpref.algorithms import ALGORITHMS
+    from jaxpref.configs_base import validate
 
     spec = C.load_spec(os.path.join(os.path.dirname(__file__), "..", "bench", f"{name}.py"))
     variants = spec.get_variants()
     assert len(variants) >= 2
-    C._check_same_task(variants)  # raises if a variant would not share the seed's SFT data
-    assert all(cfg.algorithm in ALGORITHMS for cfg in variants.values())
+    rates = getattr(spec, "FLIP_RATES", (0.0,))
+    C._check_same_task(variants, rates)  # raises if a variant would not share the seed's SFT data
+    for rate in rates:
+        for v in variants.values():
+            validate(C.variant_config(v, rate))
+            assert C.variant_config(v, rate).algorithm in ALGORITHMS
+    assert getattr(spec, "BASELINE", None) in (None, *variants)
 
 
 def test_specs_with_different_tasks_are_refused():
