@@ -261,6 +261,8 @@ def gold_task_config() -> ml_collections.ConfigDict:
     t.hidden = 64
     t.layers = 2
     t.goal_tokens = 0  # reward-conditioned DPO: goal-score tokens 1..goal_tokens appended to the vocabulary
+    # goal tokens in SFT (half the examples): random (known, meaningless) | score (the response's own goal score)
+    t.sft_goals = "random"
     t.num_policy_prompts = 512  # APO: fresh prompts for the policy step
     return t
 
@@ -410,6 +412,7 @@ CONSTRAINTS = {
     "apo.policy_prompt_fraction": _in_range(0.0, 1.0, hi_open=False),
     "task.name": _choice("", "gold"),
     "task.eval_split": _choice("test", "validation"),
+    "task.sft_goals": _choice("random", "score"),
     "task.num_val_prompts": _at_least(0),
 }
 # the reward model's train section has the same ranges (None = inherit from config.train)

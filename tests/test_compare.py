@@ -39,7 +39,7 @@ def test_spec_loading_errors(tmp_path):
         C.load_spec(str(bad))
 
 
-@pytest.mark.parametrize("name", ["ropo_table", "ropo_tune", "rcdpo_table", "apo_table"])
+@pytest.mark.parametrize("name", ["ropo_table", "ropo_tune", "rcdpo_table", "rcdpo_scored_sft", "apo_table"])
 def test_shipped_specs_load_and_share_one_task(name):
     import os
 

@@ -73,12 +73,17 @@ def test_smoke_comparison_dpo_vs_augmented(tmp_path, monkeypatch):
     ipo.loss.type = "ipo"
     half = _smoke_cfg()
     half.reward_conditioned.half = True
-    variants = {"dpo": dpo, "rc": rc, "rc_ipo": ipo, "rc_half": half}
+    swapped = _smoke_cfg()
+    swapped.reward_conditioned.pairs = "goal_rejected"
+    variants = {"dpo": dpo, "rc": rc, "rc_ipo": ipo, "rc_half": half, "rc_swapped": swapped}
     out = compare.run_comparison(variants, [0.0], [0], str(tmp_path), metrics=("gold_reward", "clean_accuracy"))
     rc_run = out["runs"]["rc"][0]
     assert rc_run["num_augmented_pairs"] == 2 * out["runs"]["dpo"][0]["num_pairs"]
     assert out["runs"]["rc_half"][0]["num_augmented_pairs"] == out["runs"]["dpo"][0]["num_pairs"]
-    for name in ("rc", "rc_ipo", "rc_half"):
+    assert out["runs"]["rc_swapped"][0]["num_augmented_pairs"] == out["runs"]["dpo"][0]["num_pairs"]
+    # the held-out pair metrics reach the table as scalars: beta * mean log-ratio of the held-out chosen
+    assert rc_run["eval/rewards/chosen"] == rc_run["eval"]["rewards/chosen"]
+    for name in ("rc", "rc_ipo", "rc_half", "rc_swapped"):
         r = out["runs"][name][0]
         assert [g for g, _ in r["goal_sweep"]] == list(range(1, 11))
         for key in ("gold_reward", "win_rate", "clean_accuracy", "clean_accuracy_goal_max", "gold_reward_unconditioned",
@@ -136,3 +141,24 @@ def test_real_data_path_with_scores(tmp_path):
     cfg.data.eval_fraction = 0.0
     with pytest.raises(D.DataError, match="outside the score scale"):
         run(cfg, str(tmp_path / "bad"), progress=False)
+
+
+def test_sft_goals_by_score_carry_each_responses_own_rank_scaled_reward():
+    """``sft_goals="score"``: an SFT example's goal token is its response's gold reward ranked within a population
+    (ties share a score, a value between two population values takes the nearer one's); ``"random"`` draws it."""
+    task = S.GoldTask(vocab_size=32, goal_tokens=10, sft_goals="score")
+    population = np.array([0.0, 0.0, 0.5, 1.0, 1.0, 1.0, -0.25, 0.25])
+    goal = S.sft_goal_of(task, population)
+    # ranks 0..7 -> 1 + 9 * rank / 7, rounded; ties take their mean rank
+    assert [goal(r) for r in (-0.25, 0.0, 0.25, 0.5, 1.0)] == [1, 3, 5, 6, 9]
+    assert goal(0.3) == goal(0.25) and goal(-3.0) == 1 and goal(2.0) == 9
+    rng = np.random.default_rng(0)
+    prompts = task.sample_prompts(rng, 200)
+    ids, mask = S.sft_batches(task, prompts, rng, 0.0, 1.0, goal)
+    with_goal = 0
+    for row, m, p in zip(ids, mask, prompts):
+        if row[1] >= task.vocab_size:  # [BOS, goal, prompt..., response..., EOS]
+            with_goal += 1
+            response = [int(t) for t, keep in zip(row, m) if keep and t != S.EOS]
+            assert row[1] == task.goal_token(goal(task.gold_reward(p, response)))
+    assert 60 < with_goal < 140

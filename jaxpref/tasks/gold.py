@@ -23,7 +23,7 @@ from jaxpref.tasks import synthetic as S
 def task_from_config(cfg) -> S.GoldTask:
     t = cfg.task
     return S.GoldTask(vocab_size=t.vocab_size, prompt_length=t.prompt_length, length_penalty=t.length_penalty,
-                      goal_tokens=t.goal_tokens)
+                      goal_tokens=t.goal_tokens, sft_goals=t.sft_goals)
 
 
 def build_task_data(cfg, seed: int, progress: bool = False) -> S.TaskData:

@@ -58,6 +58,9 @@ class GoldTask:
     distractor_shift: int = 11  # SFT errors mostly use this wrong cipher, so the SFT mode is often wrong
     distractor_prob: float = 0.7
     goal_tokens: int = 0  # ids vocab_size .. vocab_size+goal_tokens-1 name goal scores 1..goal_tokens (reward-conditioned)
+    # SFT examples' goal tokens: "random" (known but meaningless) | "score" (the response's own rank-scaled gold
+    # reward, so a goal means something before preference training, as "Overall score: 10" does to a 7B model)
+    sft_goals: str = "random"
 
     @property
     def num_symbols(self) -> int:
@@ -147,17 +150,42 @@ def model_config(task: GoldTask, *, hidden: int = 64, layers: int = 2, heads: in
 # ---- SFT ---------------------------------------------------------------------------------------------
 
 
-def sft_batches(task: GoldTask, prompts: np.ndarray, rng: np.random.Generator, q_min: float, q_max: float):
+def sft_goal_of(task: GoldTask, population: np.ndarray):
+    """``gold reward -> goal score`` (``1 .. goal_tokens``) by rank within ``population`` (gold rewards of SFT
+    responses), the way :func:`jaxpref.tasks.gold.goal_scores` maps training responses; a reward outside the
+    population's values takes the score of the nearest one."""
+    from jaxpref.data.relabel import rank_to_scale
+
+    values = np.unique(population)
+    scores = rank_to_scale(population, (1, task.goal_tokens))
+    score_of = np.array([scores[population == v][0] for v in values])
+
+    def goal(reward: float) -> int:
+        i = int(np.clip(np.searchsorted(values, reward), 0, len(values) - 1))
+        if i > 0 and abs(values[i - 1] - reward) <= abs(values[i] - reward):
+            i -= 1
+        return int(score_of[i])
+
+    return goal
+
+
+def sft_batches(task: GoldTask, prompts: np.ndarray, rng: np.random.Generator, q_min: float, q_max: float,
+                goal_of=None):
     """One SFT example per prompt: ``(ids [N, T], loss_mask [N, T])`` with BOS + prompt + response + EOS.
 
-    With ``task.goal_tokens``, half the examples carry a *random* goal token after BOS (independent of the
-    response), so the SFT policy knows the tokens and ignores them; what a goal means is left for
-    reward-conditioned training to teach. (An untrained goal embedding in front of the prompt otherwise
-    derails the tiny policy before any preference training.)"""
+    With ``task.goal_tokens``, half the examples carry a goal token after BOS. ``task.sft_goals = "random"``: a
+    random one, independent of the response, so the SFT policy knows the tokens and ignores them; what a goal
+    means is left for reward-conditioned training to teach. (An untrained goal embedding in front of the prompt
+    otherwise derails the tiny policy before any preference training.) ``"score"``: the goal of the response's
+    own gold reward (``goal_of``, :func:`sft_goal_of`), so goals carry meaning from the start."""
     seqs, masks = [], []
     for p in prompts:
-        resp = task.noisy_response(rng, p, rng.uniform(q_min, q_max)) + [EOS]
-        goal = [task.vocab_size + int(rng.integers(task.goal_tokens))] if task.goal_tokens and rng.random() < 0.5 else []
+        resp = task.noisy_response(rng, p, rng.uniform(q_min, q_max))
+        goal = []
+        if task.goal_tokens and rng.random() < 0.5:
+            score = goal_of(task.gold_reward(p, resp)) if task.sft_goals == "score" else 1 + int(rng.integers(task.goal_tokens))
+            goal = [task.goal_token(score)]
+        resp = resp + [EOS]
         seqs.append([BOS] + goal + list(p) + resp)
         masks.append([0] * (1 + len(goal) + len(p)) + [1] * len(resp))
     width = max(len(s) for s in seqs)
@@ -182,6 +210,14 @@ def train_sft(task: GoldTask, config: M.ModelConfig, prompts: np.ndarray, *, see
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.0))
     opt_state = tx.init(params)
     rng = np.random.default_rng(seed)
+    goal_of = None
+    if task.goal_tokens and task.sft_goals == "score":  # the goal scale over SFT responses, from a draw of its own
+        pop_rng = np.random.default_rng([seed, 2])
+        pop = prompts[pop_rng.integers(0, len(prompts), 4096)]
+        goal_of = sft_goal_of(task, np.array([task.gold_reward(p, task.noisy_response(pop_rng, p, pop_rng.uniform(q_min, q_max)))
+                                              for p in pop]))
+    elif task.sft_goals not in ("random", "score"):
+        raise ValueError(f"sft_goals must be 'random' or 'score', got {task.sft_goals!r}.")
 
     @jax.jit
     def step(params, opt_state, ids, mask):
@@ -197,7 +233,7 @@ def train_sft(task: GoldTask, config: M.ModelConfig, prompts: np.ndarray, *, see
 
     for _ in tqdm(range(steps), desc="SFT", disable=not progress, leave=False):
         batch = prompts[rng.integers(0, len(prompts), batch_size)]
-        ids, mask = sft_batches(task, batch, rng, q_min, q_max)
+        ids, mask = sft_batches(task, batch, rng, q_min, q_max, goal_of)
         params, opt_state, _ = step(params, opt_state, jnp.asarray(ids), jnp.asarray(mask))
     return params
 
