@@ -26,18 +26,19 @@ SEEDS = (0, 1, 2, 3, 4)
 BASELINE = "dpo"
 METRICS = ("gold_reward", "win_rate", "clean_accuracy", "kl", "flag_precision", "flag_recall", "flag_auroc")
 TITLE = "ROPO vs DPO-family baselines, noisy gold-reward task (5 seeds)"
-TUNED = {"dpo": 1e-3, "cdpo": 1e-3, "rdpo": 1e-3, "ropo": 1e-3}  # bench/ropo_tune.py, validation split
+# (learning rate, beta) per method: bench/ropo_tune.py, validation split
+TUNED = {"dpo": (1e-3, 0.1), "cdpo": (1e-3, 0.1), "rdpo": (1e-3, 0.1), "ropo": (1e-3, 0.1)}
 
 
 def _ropo(rate, **ropo):
-    c = method("ropo", rate, TUNED["ropo"])
+    c = method("ropo", rate, *TUNED["ropo"])
     for k, v in ropo.items():
         c.ropo[k] = v
     return c
 
 
 def get_variants():
-    out = {name: (lambda rate, name=name: method(name, rate, TUNED[name])) for name in ("dpo", "cdpo", "rdpo", "ropo")}
+    out = {name: (lambda rate, name=name: method(name, rate, *TUNED[name])) for name in ("dpo", "cdpo", "rdpo", "ropo")}
     out["ropo_loss_only"] = lambda rate: _ropo(rate, filter_ratio=0.0, rejection_sampling=False)
     out["dpo_ropo_schedule"] = lambda rate: _ropo(rate, filter_ratio=0.0, rejection_sampling=False, train_loss="dpo",
                                                   filter_loss="dpo")
