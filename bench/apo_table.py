@@ -14,7 +14,7 @@ from jaxpref.configs_base import load_config_file
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
 FLIP_RATES = (0.0,)
 SEEDS = (0, 1, 2)
-METRICS = ("gold_reward", "rm_accuracy", "rm_golden_accuracy", "kl", "win_rate")
+METRICS = ("gold_reward", "rm_accuracy", "rm_golden_accuracy", "rm_sample_agreement", "best_of_k_gold", "kl", "win_rate")
 TITLE = "APO vs base RM on the gold-reward task (3 seeds)"
 
 

@@ -10,8 +10,8 @@ score_rejected on a 1-10 scale). Point it at the checkpoint and data, e.g.
 Mistral's chat template has no system role in some versions: ``system_role="auto"`` probes the template
 and otherwise prepends the goal and a blank line to the first user turn (the paper's swap is kept).
 
-Compiled with `python -m jaxpref.aot` for v5e:4x4: training step 13.93 GiB per chip of 15.75 (BENCHMARKS.md);
-on v4/v5p its step has the shapes of configs/dpo_mistral.py's, which fits both.
+Compiled with `python -m jaxpref.aot` (training step, per chip): v5e:4x4 13.93 GiB of 15.75, v4:2x2x4 15.42 of
+30.75, v5p:2x2x2 30.56 of 95.74 (BENCHMARKS.md).
 """
 
 from jaxpref.configs_base import dpo_7b_config

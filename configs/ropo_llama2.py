@@ -3,8 +3,8 @@
     python -m jaxpref.main --config=configs/ropo_llama2.py --workdir=/ckpt/ropo_llama2 \
         --config.model.hf_dir=/models/Llama-2-7b-hf --config.tokenizer.path=/models/Llama-2-7b-hf --config.data.train_path=/data/pairs.jsonl
 
-Compiled with `python -m jaxpref.aot` for v5e:4x4: training step 10.39 GiB and sampler 15.27 GiB per chip of
-15.75 (BENCHMARKS.md); its Mistral-7B twin also fits v4:2x2x4 and v5p:2x2x2.
+Compiled with `python -m jaxpref.aot` (training step / sampler, per chip): v5e:4x4 10.39 / 15.27 GiB of 15.75,
+v4:2x2x4 15.62 / 4.47 GiB of 30.75 (BENCHMARKS.md); its Mistral-7B twin also fits v5p:2x2x2.
 """
 
 from jaxpref.configs_base import ropo_7b_config

@@ -234,6 +234,9 @@ def apo_config() -> ml_collections.ConfigDict:
     a.temperature = 1.2  # sampling for RM and policy data
     a.top_p = 1.0
     a.max_new_tokens = 256
+    # False: the adversarial (golden, sample) pairs of round 1 -- samples of the SFT policy -- are reused every
+    # round (a control: is the gain the game, or just more golden answers?)
+    a.refresh_adversarial = True
     a.golden_field = "golden"  # real data: the row field holding the golden (stronger-model) answer
     a.policy_prompt_fraction = 0.5  # real data: share of the rows whose prompts feed the policy step
     return a
@@ -264,6 +267,9 @@ def gold_task_config() -> ml_collections.ConfigDict:
     # goal tokens in SFT (half the examples): random (known, meaningless) | score (the response's own goal score)
     t.sft_goals = "random"
     t.num_policy_prompts = 512  # APO: fresh prompts for the policy step
+    # APO: the golden answer keeps each ideal token with a probability drawn per prompt from [min, max] (else a
+    # distractor/random token, as SFT errors): (1, 1) = the task's exact optimum; e.g. (0.7, 0.95) = good, not optimal
+    t.golden_quality = (1.0, 1.0)
     return t
 
 

@@ -13,6 +13,7 @@ from jaxpref import data as D
 from jaxpref.configs_base import load_config_file
 from jaxpref.losses import adversarial_rm_loss, adversarial_rm_pair_losses, adversarial_rm_pair_weights
 from jaxpref.models import reward as R
+from jaxpref.tasks import synthetic as S
 
 from helpers import preempt_during, run_algorithm
 
@@ -273,9 +274,32 @@ def test_policy_pairs_take_the_best_and_worst_scored_samples(monkeypatch):
     game.cfg = _tiny_apo_cfg()
     game.policy_prompts = [{"id": "p", "prompt": "3 4"}]
     monkeypatch.setattr(game, "_sample", lambda *a, **k: [[" 5", " 6", " 7", " 8"]], raising=False)
-    (row,) = game.policy_rows(None, rm, 0)
+    gold = {" 5": 0.5, " 6": 1.0, " 7": 0.0, " 8": 0.6}  # the task's true reward: " 8" beats " 5", the RM disagrees
+    game.gold_reward = lambda prompt, response: gold[response]
+    (row,), agreement = game.policy_rows(None, rm, 0)
     assert (row["chosen"], row["rejected"]) == (" 6", " 7")
     assert (row["rm_best"], row["rm_worst"]) == pytest.approx((0.9, -0.4))
+    # 6 candidate pairs, the RM orders 5 like the gold reward; its pick " 6" is the gold-best
+    assert agreement == pytest.approx({"rm_sample_agreement": 5 / 6, "best_of_k_gold": 1.0,
+                                       "mean_sample_gold": 0.525, "oracle_best_of_k_gold": 1.0})
+    game.gold_reward = None
+    assert game.policy_rows(None, rm, 0)[1] == {}
+
+
+def test_best_of_k_agreement_by_hand():
+    """Gold ties are no evidence (left out); a scorer tie on a gold-ordered pair counts 1/2; pooled over prompts."""
+    from jaxpref.eval.metrics import best_of_k_agreement
+
+    out = best_of_k_agreement([[1.0, 1.0, 0.0], [0.3, 0.1]], [[0.2, 0.9, 0.9], [0.0, 1.0]])
+    # prompt 1: (0,1) scorer tie -> 1/2, (0,2) scorer says 0 > 2 but gold 2 > 0 -> 0, (1,2) gold tie -> skipped;
+    # prompt 2: (0,1) wrong -> 0.  Pooled: 0.5 / 3.
+    assert out["rm_sample_agreement"] == pytest.approx(0.5 / 3)
+    assert out["best_of_k_gold"] == pytest.approx((0.2 + 0.0) / 2)  # first of the tied top scores; then index 0
+    assert out["mean_sample_gold"] == pytest.approx(((0.2 + 0.9 + 0.9) / 3 + 0.5) / 2)
+    assert out["oracle_best_of_k_gold"] == pytest.approx((0.9 + 1.0) / 2)
+    assert np.isnan(best_of_k_agreement([[1.0, 2.0]], [[0.5, 0.5]])["rm_sample_agreement"])
+    with pytest.raises(ValueError, match="must match"):
+        best_of_k_agreement([[1.0]], [[0.5, 0.5]])
 
 
 @pytest.mark.parametrize("reinit", [True, False])
@@ -300,3 +324,36 @@ def test_each_round_rm_starts_from_its_base_unless_told_to_continue(tiny_apo, tm
                          jax.tree_util.tree_leaves(expected)):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     trainer.close()
+
+
+def test_static_adversarial_pairs_control_reuses_round_1s_pairs_and_reports_rm_agreement(tiny_apo, tmp_path):
+    """``apo.refresh_adversarial = False``: every round's RM trains on round 1's (golden, SFT-sample) pairs; each
+    round records how its RM ranks the policy's own samples against the gold reward."""
+    cfg, td = tiny_apo
+    cfg = cfg.copy_and_resolve_references()
+    cfg.apo.refresh_adversarial = False
+    result, _ = run_algorithm(cfg, str(tmp_path), task_data=td)
+    first, second = (json.loads((tmp_path / f"round_{r}" / "adversarial.json").read_text()) for r in (0, 1))
+    assert first and second == first
+    for record in result["rounds"]:
+        assert 0.0 <= record["rm_sample_agreement"] <= 1.0
+        assert record["mean_sample_gold"] <= record["oracle_best_of_k_gold"]
+        assert record["best_of_k_gold"] <= record["oracle_best_of_k_gold"]
+
+
+def test_golden_answers_of_a_given_quality():
+    """``task.golden_quality``: (1, 1) is the exact optimum; (0.7, 0.95) gives answers whose gold reward lies in
+    that range on average, the same answer for the same prompt, never longer or shorter than the ideal."""
+    from jaxpref.errors import ConfigError
+    from jaxpref.tasks import gold
+
+    task = S.GoldTask(prompt_length=6)
+    prompts = task.sample_prompts(np.random.default_rng(0), 400)
+    exact = gold.golden_answers(task, (1.0, 1.0), seed=0)
+    assert all(task.gold_reward(p, [int(t) for t in exact(p).split()]) == 1.0 for p in prompts[:20])
+    good = gold.golden_answers(task, (0.7, 0.95), seed=0)
+    rewards = [task.gold_reward(p, [int(t) for t in good(p).split()]) for p in prompts]
+    assert 0.7 <= np.mean(rewards) <= 0.95 and min(rewards) < 1.0 and all(len(good(p).split()) == 6 for p in prompts)
+    assert good(prompts[3]) == good(prompts[3]) and good(prompts[3]) == gold.golden_answers(task, (0.7, 0.95), 0)(prompts[3])
+    with pytest.raises(ConfigError, match="golden_quality"):
+        gold.golden_answers(task, (0.9, 0.8), seed=0)

@@ -33,7 +33,9 @@ killed anywhere continues to the same result (tested).
 
 The **baseline** is the same code path with ``apo_weight = 0``: the adversarial pairs stay in the RM's
 batches with weight 0 (same compute), i.e. an RM trained on human pairs only -- plain rejection sampling /
-RM-DPO. Ablations: ``rank_weight = 0`` (no human-pair term), ``form = "diff"``.
+RM-DPO. Ablations: ``rank_weight = 0`` (no human-pair term), ``form = "diff"``; control:
+``refresh_adversarial = False`` (round 1's golden-vs-SFT-sample pairs reused every round: the extra golden
+answers without the game).
 """
 
 from __future__ import annotations
@@ -138,6 +140,7 @@ class Game:
         self.sft_params = runtime.share_base(inputs.params)
         self.human_rows, self.rm_prompts, self.policy_prompts = list(inputs.rows), inputs.rm_prompts, inputs.policy_prompts
         self.rm_eval_rows, self.golden_eval, self.evaluate_policy = inputs.eval_rows, inputs.golden_eval, inputs.evaluate
+        self.gold_reward = inputs.gold_reward
         self.rm_base = self.rm_runtime.reward_params_from(self.sft_params)
         self.checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1, async_save=False)
 
@@ -178,7 +181,9 @@ class Game:
                        pair_loss=RMod.rm_pair_loss(self.cfg.reward_model, a.form),
                        label=self._label(round_index, "reward model"), progress=self.progress)
 
-    def policy_rows(self, policy_params, rm: Trainer, round_index: int) -> list[dict]:
+    def policy_rows(self, policy_params, rm: Trainer, round_index: int) -> tuple[list[dict], dict]:
+        """Best-vs-worst pairs of K policy samples by the RM, and how the RM ranks those samples against the task's
+        gold reward (:meth:`_agreement`)."""
         samples = self._sample(policy_params, self.policy_prompts, self.cfg.seed * 1009 + 2 * round_index + 1,
                                self._label(round_index, "policy samples"))
         candidates = [Sm.distinct_candidates(cands) for cands in samples]
@@ -197,7 +202,21 @@ class Game:
                          "rm_best": scored[bw[0]], "rm_worst": scored[bw[1]]})
         if not rows:
             raise RuntimeError(f"round {round_index}: no policy prompt produced a usable sample pair.")
-        return rows
+        return rows, self._agreement(candidates, scores)
+
+    def _agreement(self, candidates: list[list[str]], scores: list[dict[int, float]]) -> dict:
+        """:func:`~jaxpref.eval.metrics.best_of_k_agreement` of the RM's scores of the policy's own samples with the
+        task's gold reward (empty when the task has none): the RM metric that matters for best-of-K."""
+        if self.gold_reward is None:
+            return {}
+        from jaxpref.eval.metrics import best_of_k_agreement
+
+        rm, gold = [], []
+        for p, cands, scored in zip(self.policy_prompts, candidates, scores):
+            if len(scored) >= 2:
+                rm.append([scored[k] for k in sorted(scored)])
+                gold.append([self.gold_reward(p["prompt"], cands[k]) for k in sorted(scored)])
+        return best_of_k_agreement(rm, gold) if rm else {}
 
     def policy_trainer(self, round_index: int, rows: list[dict], start_params) -> Trainer:
         """The round's policy session from ``start_params`` (the last round's policy train-state params; None: the
@@ -261,7 +280,10 @@ class Game:
             sampler = _Lazy(lambda p=policy_params: self.runtime.merge(self.sft_params, p))  # pi_{t-1}: model params
             # (1) adversarial pairs from pi_{t-1}
             if not paths.exists(adv_path):
-                rows = self.adversarial_rows(sampler(), r)
+                if r > 0 and not self.cfg.apo.refresh_adversarial:  # the control: round 1's pairs, every round
+                    rows = _read_json(os.path.join(self.workdir, "round_0", "adversarial.json"))
+                else:
+                    rows = self.adversarial_rows(sampler(), r)
                 preemption.raise_if_requested(f"in APO round {r + 1} while sampling for the RM")
                 _write_json(adv_path, rows)
             adversarial = _read_json(adv_path)
@@ -270,11 +292,15 @@ class Game:
             require_done(rm.fit(), f"APO round {r + 1} reward-model training")
             record = {"round": r + 1, "num_adversarial": len(adversarial), **self.rm_metrics(rm, sampler, r)}
             # (3) policy pairs scored by the new RM
+            agreement_path = os.path.join(rdir, "policy_agreement.json")
             if not paths.exists(pol_path):
-                rows = self.policy_rows(sampler(), rm, r)
+                rows, agreement = self.policy_rows(sampler(), rm, r)
                 preemption.raise_if_requested(f"in APO round {r + 1} while sampling for the policy")
+                _write_json(agreement_path, agreement)  # first: the pairs' file marks the phase done
                 _write_json(pol_path, rows)
             policy_rows = _read_json(pol_path)
+            if paths.exists(agreement_path):  # the RM's ranking of the policy's own samples vs the gold reward
+                record.update(_read_json(agreement_path))
             # (4) pi_{t-1} -> pi_t
             policy = self.policy_trainer(r, policy_rows, policy_params)
             require_done(policy.fit(), f"APO round {r + 1} policy training")

@@ -208,7 +208,8 @@ def aggregate_rounds(runs: list[dict]) -> dict:
     return out
 
 
-ROUND_METRICS = ("gold_reward", "rm_accuracy", "rm_golden_accuracy", "kl", "flag_precision", "flag_recall")
+ROUND_METRICS = ("gold_reward", "rm_accuracy", "rm_golden_accuracy", "rm_sample_agreement", "best_of_k_gold", "kl",
+                 "flag_precision", "flag_recall", "flag_auroc")
 
 
 def markdown_round_table(per_round: dict) -> str:

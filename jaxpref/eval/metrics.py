@@ -3,6 +3,7 @@
 * :func:`win_rate`: fraction of prompts where the policy's sample beats the reference's (ties count 1/2).
 * :func:`response_logprobs`: summed log-probs of given responses under a model (one teacher-forced pass).
 * :func:`flag_precision_recall` / :func:`flag_auroc`: how well a filter's flags match recorded label flips.
+* :func:`best_of_k_agreement`: how a scorer (a reward model) ranks each prompt's own samples against a gold reward.
 * :func:`mean_std`: aggregate a metric over seeds (sample standard deviation).
 """
 
@@ -62,6 +63,34 @@ def flag_auroc(scores: Sequence[float], flipped: Sequence[bool]) -> float:
         return float("nan")
     greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
     return float(greater / (pos.size * neg.size))
+
+
+def best_of_k_agreement(scores: Sequence[Sequence[float]], gold: Sequence[Sequence[float]]) -> dict:
+    """How well ``scores`` (e.g. a reward model's) rank each prompt's candidates by their ``gold`` reward -- what
+    best-of-K selection relies on. Per prompt, lists of equal length (one entry per candidate):
+
+    * ``rm_sample_agreement``: over all candidate pairs of a prompt whose gold rewards differ, the fraction the
+      scorer orders the same way (a scorer tie counts 1/2), pooled over prompts (NaN when no pair differs);
+    * ``best_of_k_gold``: mean gold reward of the scorer's top candidate (first on ties);
+    * ``mean_sample_gold`` / ``oracle_best_of_k_gold``: mean gold reward of all candidates / of the gold-best one.
+    """
+    agree = total = 0.0
+    picked, mean, oracle = [], [], []
+    for s, g in zip(scores, gold):
+        s, g = np.asarray(s, float), np.asarray(g, float)
+        if s.shape != g.shape or s.size == 0:
+            raise ValueError(f"best_of_k_agreement: scores {s.shape} and gold rewards {g.shape} per prompt must match.")
+        i, j = np.triu_indices(s.size, 1)
+        differ = g[i] != g[j]
+        same_order = np.sign(s[i] - s[j]) == np.sign(g[i] - g[j])
+        agree += float((same_order & differ).sum() + 0.5 * ((s[i] == s[j]) & differ).sum())
+        total += float(differ.sum())
+        picked.append(g[int(np.argmax(s))])
+        mean.append(g.mean())
+        oracle.append(g.max())
+    return {"rm_sample_agreement": agree / total if total else float("nan"),
+            "best_of_k_gold": float(np.mean(picked)), "mean_sample_gold": float(np.mean(mean)),
+            "oracle_best_of_k_gold": float(np.mean(oracle))}
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

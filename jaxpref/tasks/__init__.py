@@ -31,6 +31,8 @@ class TaskInputs:
       own (None: the rows' ``score_chosen``/``score_rejected``).
     * APO: ``rm_prompts`` (``[{"id", "prompt", "golden"}]``), ``policy_prompts`` (``[{"id", "prompt"}]``),
       ``golden_eval`` (held-out prompts with golden answers).
+    * ``gold_reward(prompt, response) -> float``: the task's true reward of a response text, when it has one
+      (the gold-reward task): APO then reports how its reward model ranks the policy's own samples against it.
     """
 
     rows: Any
@@ -44,4 +46,5 @@ class TaskInputs:
     rm_prompts: list | None = None
     policy_prompts: list | None = None
     golden_eval: list | None = None
+    gold_reward: Callable[[Any, str], float] | None = None
     extra: dict = dataclasses.field(default_factory=dict)  # recorded in results.json (e.g. flip counts)

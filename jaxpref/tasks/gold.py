@@ -7,7 +7,8 @@ gold reward of samples (temperature 1 and greedy), win rate against the SFT poli
 held-out prompts, plus how much good-but-rejected training responses were unlearned.
 
 Task specifics stay here: reward-conditioned DPO's goals are extra vocabulary tokens (``task.goal_tokens``),
-scored by the rank of each response's gold reward; APO's golden answer is the gold-optimal response.
+scored by the rank of each response's gold reward; APO's golden answer is the gold-optimal response (or a
+good-but-not-optimal one, ``task.golden_quality``).
 """
 
 from __future__ import annotations
@@ -85,6 +86,23 @@ def goal_scores(td: S.TaskData, rows) -> D.PreferenceDataset:
                                 for i, r in enumerate(rows)])
 
 
+def golden_answers(task: S.GoldTask, quality, seed: int):
+    """APO's golden answer of a prompt (token list -> response text): the ideal response when ``quality`` is
+    ``(1, 1)``; otherwise :meth:`GoldTask.noisy_response` at a quality drawn from ``[min, max]``, without length
+    noise, from a generator seeded by ``seed`` and the prompt (the same prompt always gets the same answer)."""
+    lo, hi = (float(q) for q in quality)
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ConfigError(f"config.task.golden_quality={tuple(quality)} must be (min, max) with 0 <= min <= max <= 1.")
+    if lo == 1.0:
+        return lambda p: " " + S.to_text(task.target(p))
+
+    def golden(p):
+        rng = np.random.default_rng([seed, *(int(t) for t in p)])
+        return " " + S.to_text(task.noisy_response(rng, p, rng.uniform(lo, hi), length_noise=0.0))
+
+    return golden
+
+
 def _evaluator(cfg, td: S.TaskData):
     task = td.task
 
@@ -130,11 +148,13 @@ def inputs(cfg, td: S.TaskData | None = None, *, progress: bool = False) -> Task
             raise ConfigError(f"reward-conditioned DPO on the gold-reward task needs task.goal_tokens >= 2 and "
                               f"reward_conditioned.scale_min/max = 1/{task.goal_tokens}; got {task.goal_tokens} and "
                               f"{(rc.scale_min, rc.scale_max)}.")
+    out.gold_reward = lambda prompt, response: task.gold_reward(  # noqa: E731
+        [int(t) for t in prompt.split()], [int(t) for t in response.split() if int(t) != S.EOS])
     if task.goal_tokens:
         out.goal_render = lambda score: str(task.goal_token(score))
         out.goal_scores = lambda rows_: goal_scores(td, rows_)
     if cfg.algorithm == "apo":
-        golden = lambda p: " " + S.to_text(task.target(p))  # noqa: E731
+        golden = golden_answers(task, cfg.task.golden_quality, cfg.seed)
         out.rm_prompts = [{"id": r["id"], "prompt": r["prompt"], "golden": golden([int(t) for t in r["prompt"].split()])}
                           for r in rows]
         rng = np.random.default_rng(cfg.seed + 11)
