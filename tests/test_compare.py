@@ -117,3 +117,25 @@ def test_variants_may_depend_on_the_flip_rate():
 
     assert C.variant_config(rdpo, 0.4).loss.label_smoothing == 0.4
     C._check_same_task({"dpo": load_config_file(path), "rdpo": rdpo}, (0.0, 0.4))
+
+
+def test_tabulate_only_runs_nothing_and_notes_missing_and_foreign_runs(tmp_path, monkeypatch):
+    import json
+    import os
+
+    from jaxpref.configs_base import config_to_dict, load_config_file
+
+    cfg = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "dpo_synthetic.py"))
+    monkeypatch.setattr(E, "run_one", lambda *a, **k: pytest.fail("tabulate_only must not run anything"))
+    monkeypatch.setattr(C, "build_task_data", lambda *a, **k: pytest.fail("tabulate_only must not build task data"))
+    for seed, g in ((0, 0.5), (1, 0.7)):
+        run_dir = tmp_path / "a" / f"flip0.2_seed{seed}"
+        run_dir.mkdir(parents=True)
+        record = {"resolved": config_to_dict(C._run_config(cfg, seed, 0.2)), "git_commit": "abc" if seed else "0" * 40}
+        run_dir.joinpath("results.json").write_text(json.dumps(
+            {"flip_rate": 0.2, "seed": seed, "gold_reward": g, "config": record}))
+    out = C.run_comparison({"a": cfg}, [0.2], [0, 1, 2], str(tmp_path), metrics=("gold_reward",), tabulate_only=True)
+    assert [r["seed"] for r in out["runs"]["a"]] == [0, 1]
+    assert out["summary"]["a"]["0.2"]["gold_reward"]["mean"] == pytest.approx(0.6)
+    notes = (tmp_path / "table.md").read_text()
+    assert "a flip 0.2 seed 2: not run" in notes and "seed 1: used although it was produced by commit abc" in notes

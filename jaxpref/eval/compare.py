@@ -82,12 +82,14 @@ def _run_config(cfg, seed: int, rate: float):
 
 def run_comparison(variants: dict, flip_rates, seeds, out_dir: str, *, progress: bool = False,
                    metrics=DEFAULT_METRICS, title: str = "", rerun_stale: bool = False,
-                   any_commit: bool = False, baseline: str | None = None) -> dict:
+                   any_commit: bool = False, baseline: str | None = None, tabulate_only: bool = False) -> dict:
     """Run every ``(variant, flip rate, seed)``; return ``{"runs": {variant: [result...]}, "summary": ...}``.
 
     A run whose ``results.json`` exists is reused only when it records the same resolved config and git commit
     (``any_commit`` skips the commit check); otherwise it is refused with a :class:`~jaxpref.errors.UserError`,
-    or re-run from scratch with ``rerun_stale``."""
+    or re-run from scratch with ``rerun_stale``. ``tabulate_only`` runs nothing: the tables are made from the stored
+    runs there are (missing ones left out), and ``table.md`` lists every run left out or stored by another commit
+    or config, with the reason."""
     import shutil
 
     from jaxpref.errors import UserError
@@ -100,6 +102,7 @@ def run_comparison(variants: dict, flip_rates, seeds, out_dir: str, *, progress:
     _check_same_task(variants, flip_rates)
     os.makedirs(out_dir, exist_ok=True)
     runs: dict[str, list[dict]] = {name: [] for name in variants}
+    notes: list[str] = []
     for seed in seeds:
         td = None
         for name, variant in variants.items():
@@ -113,12 +116,18 @@ def run_comparison(variants: dict, flip_rates, seeds, out_dir: str, *, progress:
                     with open(done) as f:
                         r = json.load(f)
                     reason = stale_reason(r, _run_config(cfg, seed, rate), commit=commit)
+                    if reason and tabulate_only:
+                        notes.append(f"{name} flip {rate} seed {seed}: used although {reason}")
+                        reason = None
                     if reason and not rerun_stale:
                         raise UserError(f"{done} cannot be reused: {reason}. Pass --rerun_stale to run it again "
                                         "(or --any_commit to accept runs of other commits).")
                     if reason:
                         shutil.rmtree(workdir)
                         r = None
+                if r is None and tabulate_only:
+                    notes.append(f"{name} flip {rate} seed {seed}: not run")
+                    continue
                 if r is None:
                     if td is None:
                         td = build_task_data(any_cfg, seed, progress=progress)
@@ -135,10 +144,12 @@ def run_comparison(variants: dict, flip_rates, seeds, out_dir: str, *, progress:
     result = {"variants": {n: {str(rate): json.loads(variant_config(v, rate).to_json_best_effort()) for rate in flip_rates}
                            for n, v in variants.items()},
               "flip_rates": list(flip_rates), "seeds": list(seeds), "runs": runs, "summary": summary,
-              "per_round": per_round, "baseline": baseline, "paired": paired}
+              "per_round": per_round, "baseline": baseline, "paired": paired, "notes": notes}
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(result, f, indent=1, default=float)
     with open(os.path.join(out_dir, "table.md"), "w") as f:
+        if notes:
+            f.write("Runs left out or stored by another commit or config:\n\n" + "".join(f"- {n}\n" for n in notes) + "\n")
         f.write(markdown_table(summary, metrics))
         if paired:
             f.write(f"\nPaired per-seed differences against {baseline} (mean [95% t-interval]):\n\n"
@@ -287,6 +298,8 @@ def main(argv=None) -> int:
     only = flags.DEFINE_list("variants", None, "run only these variants")
     rerun = flags.DEFINE_bool("rerun_stale", False, "re-run stored runs whose config or commit differ")
     any_commit = flags.DEFINE_bool("any_commit", False, "reuse stored runs of the same config from other commits")
+    tabulate = flags.DEFINE_bool("tabulate_only", False, "run nothing: tabulate the stored runs there are, noting "
+                                 "those missing or stored by another commit or config")
 
     def _main(_):
         from absl import logging as absl_logging
@@ -303,7 +316,7 @@ def main(argv=None) -> int:
         seed_list = [int(s) for s in seeds.value] if seeds.value else list(getattr(spec, "SEEDS", (0, 1, 2)))
         run_comparison(variants, flip_rates, seed_list, out.value, metrics=getattr(spec, "METRICS", DEFAULT_METRICS),
                        title=getattr(spec, "TITLE", ""), rerun_stale=rerun.value, any_commit=any_commit.value,
-                       baseline=getattr(spec, "BASELINE", None))
+                       baseline=getattr(spec, "BASELINE", None), tabulate_only=tabulate.value)
         print(f"wrote {out.value}/results.json, table.md and plot.png")
 
     app.run(_main, argv=argv or sys.argv)
