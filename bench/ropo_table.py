@@ -27,7 +27,7 @@ BASELINE = "dpo"
 METRICS = ("gold_reward", "win_rate", "clean_accuracy", "kl", "flag_precision", "flag_recall", "flag_auroc")
 TITLE = "ROPO vs DPO-family baselines, noisy gold-reward task (5 seeds)"
 # (learning rate, beta) per method: bench/ropo_tune.py, validation split
-TUNED = {"dpo": (1e-3, 0.1), "cdpo": (1e-3, 0.1), "rdpo": (1e-3, 1.0), "ropo": (1e-3, 0.1)}
+TUNED = {"dpo": (1e-3, 0.1), "cdpo": (1e-3, 0.1), "rdpo": (1e-3, 1.0), "ropo": (3e-4, 1.0)}
 
 
 def _ropo(rate, **ropo):
