@@ -312,11 +312,14 @@ def main(argv=None) -> int:
             if missing:
                 raise SystemExit(f"unknown variants {sorted(missing)}; the spec has {sorted(variants)}")
             variants = {k: v for k, v in variants.items() if k in only.value}
+        baseline = getattr(spec, "BASELINE", None)
+        if baseline is not None and baseline not in variants:
+            print(f"note: the baseline {baseline!r} is not among --variants; no paired differences")
         flip_rates = [float(r) for r in rates.value] if rates.value else list(getattr(spec, "FLIP_RATES", (0.0, 0.2, 0.4)))
         seed_list = [int(s) for s in seeds.value] if seeds.value else list(getattr(spec, "SEEDS", (0, 1, 2)))
         run_comparison(variants, flip_rates, seed_list, out.value, metrics=getattr(spec, "METRICS", DEFAULT_METRICS),
                        title=getattr(spec, "TITLE", ""), rerun_stale=rerun.value, any_commit=any_commit.value,
-                       baseline=getattr(spec, "BASELINE", None), tabulate_only=tabulate.value)
+                       baseline=baseline if baseline in variants else None, tabulate_only=tabulate.value)
         print(f"wrote {out.value}/results.json, table.md and plot.png")
 
     app.run(_main, argv=argv or sys.argv)
