@@ -48,6 +48,7 @@ def _small_task_ropo_cfg():
     cfg.data.flip_rate = flip_rate
     cfg.train.pairs_per_batch = small.train.pairs_per_batch
     cfg.ropo.max_new_tokens = 10
+    cfg.train.learning_rate, cfg.loss.beta = small.train.learning_rate, small.loss.beta
     return cfg
 
 
