@@ -214,8 +214,9 @@ class Game:
         rm, gold = [], []
         for p, cands, scored in zip(self.policy_prompts, candidates, scores):
             if len(scored) >= 2:
-                rm.append([scored[k] for k in sorted(scored)])
-                gold.append([self.gold_reward(p["prompt"], cands[k]) for k in sorted(scored)])
+                keys = sorted(scored)
+                rm.append([scored[k] for k in keys])
+                gold.append([self.gold_reward(p["prompt"], cands[k]) for k in keys])
         return best_of_k_agreement(rm, gold) if rm else {}
 
     def policy_trainer(self, round_index: int, rows: list[dict], start_params) -> Trainer:

@@ -65,8 +65,8 @@ def high_rejected_unlearning(td: S.TaskData, params, rows, *, quantile: float = 
 
     gold = np.array([float(r["gold_rejected"]) for r in rows])
     high = [r for r, g in zip(rows, gold) if g >= np.quantile(gold, quantile)]
-    prompts = [[int(t) for t in r["prompt"].split()] for r in high]
-    responses = [[int(t) for t in r["rejected"].split()] + [S.EOS] for r in high]
+    prompts = [S.from_text(r["prompt"]) for r in high]
+    responses = [S.from_text(r["rejected"]) + [S.EOS] for r in high]
     pol = response_logprobs(td.model, params, [[S.BOS] + list(prefix) + p for p in prompts], responses)
     ref = response_logprobs(td.model, td.sft_params, [[S.BOS] + p for p in prompts], responses)
     return float(np.mean(pol - ref))
@@ -149,13 +149,13 @@ def inputs(cfg, td: S.TaskData | None = None, *, progress: bool = False) -> Task
                               f"reward_conditioned.scale_min/max = 1/{task.goal_tokens}; got {task.goal_tokens} and "
                               f"{(rc.scale_min, rc.scale_max)}.")
     out.gold_reward = lambda prompt, response: task.gold_reward(  # noqa: E731
-        [int(t) for t in prompt.split()], [int(t) for t in response.split() if int(t) != S.EOS])
+        S.from_text(prompt), [t for t in S.from_text(response) if t != S.EOS])
     if task.goal_tokens:
         out.goal_render = lambda score: str(task.goal_token(score))
         out.goal_scores = lambda rows_: goal_scores(td, rows_)
     if cfg.algorithm == "apo":
         golden = golden_answers(task, cfg.task.golden_quality, cfg.seed)
-        out.rm_prompts = [{"id": r["id"], "prompt": r["prompt"], "golden": golden([int(t) for t in r["prompt"].split()])}
+        out.rm_prompts = [{"id": r["id"], "prompt": r["prompt"], "golden": golden(S.from_text(r["prompt"]))}
                           for r in rows]
         rng = np.random.default_rng(cfg.seed + 11)
         out.policy_prompts = [{"id": f"pp:{i}", "prompt": S.to_text(p)}

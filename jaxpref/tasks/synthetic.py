@@ -125,6 +125,11 @@ def to_text(ids: Sequence[int]) -> str:
     return " ".join(str(int(i)) for i in ids)
 
 
+def from_text(text: str) -> list[int]:
+    """The ids of a :func:`to_text` string (a prompt or a response text)."""
+    return [int(t) for t in text.split()]
+
+
 def strip_response(tokens: Sequence[int], mask: Sequence[int], keep_eos: bool = False) -> list[int]:
     """Generated tokens -> content tokens: the masked-in tokens up to the first EOS (included if ``keep_eos``)."""
     out = []
