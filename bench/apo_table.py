@@ -1,39 +1,55 @@
-"""Evidence: APO vs the base-RM baseline (apo_weight 0, same compute), with rejection sampling and
-with DPO, plus the paper's ablations (no human-pair term; the "diff" form) and a heavier adversarial term
-(apo_weight 1.0 instead of 0.1), with both policy updates.
+"""Evidence: APO vs the base-RM baseline and the controls that tell the game from extra oracle data, on the
+gold-reward task (``configs/apo_synthetic.py``), reported on the test split.
 
-    python -m jaxpref.eval.compare --spec=bench/apo_table.py --out=docs/results/apo_table
+    python -m jaxpref.eval.compare --spec=bench/apo_table.py --out=docs/results/apo_table --task_cache=/tmp/task_cache
 
-Per-round metrics are in each run's results.json ("rounds"); the table shows the last round.
+Every variant starts from the same SFT policy, human pairs and prompts per seed. Settings are the ones
+``bench/apo_tune.py`` picked on the validation split, each method from a grid of the same size (``TUNED``);
+the controls take APO's.
+
+* ``base_rm``: the RM trained on human pairs only (``apo_weight = 0``; the adversarial pairs stay in its
+  batches at weight 0, same compute) -- rejection sampling / RM-DPO, the paper's baseline;
+* ``apo``: the game, golden answer = the task's gold-optimal response;
+* ``apo_static``: APO's weight, but the adversarial pairs of round 1 (golden vs SFT samples) reused every round:
+  the extra golden answers without the game;
+* ``apo_good_golden``: golden answers that are good, not optimal (each ideal token kept with probability
+  0.7-0.95 per prompt), as a stronger model's answers are;
+* ``apo_good_golden_static``: both.
+
+The main RM metric is ``rm_sample_agreement``: how often the RM orders two of the policy's own K samples as the
+gold reward does (what best-of-K and the policy's DPO pairs rely on); ``best_of_k_gold`` is the gold reward of
+the RM's pick among them. Per-round metrics are in each run's results.json ("rounds").
 """
 
 import os
+import sys
 
-from jaxpref.configs_base import load_config_file
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from apo_tune import method  # noqa: E402
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
 FLIP_RATES = (0.0,)
-SEEDS = (0, 1, 2)
-METRICS = ("gold_reward", "rm_accuracy", "rm_golden_accuracy", "rm_sample_agreement", "best_of_k_gold", "kl", "win_rate")
-TITLE = "APO vs base RM on the gold-reward task (3 seeds)"
+SEEDS = (0, 1, 2, 3, 4)
+BASELINE = "base_rm"
+METRICS = ("gold_reward", "rm_sample_agreement", "best_of_k_gold", "rm_accuracy", "rm_golden_accuracy", "kl", "win_rate")
+TITLE = "APO vs the base RM and its controls, gold-reward task (5 seeds)"
+GOOD_GOLDEN = (0.7, 0.95)
+# per method: bench/apo_tune.py, validation split
+TUNED = {"base_rm": {"update": "dpo", "rm_learning_rate": 1e-3}, "apo": {"update": "dpo", "apo_weight": 1.0}}
 
 
-def _cfg(**apo):
-    c = load_config_file(os.path.join(ROOT, "apo_synthetic.py"))
-    for k, v in apo.items():
-        c.apo[k] = v
+def _apo(**overrides):
+    c = method("apo", **TUNED["apo"])
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        c[section][name] = value
     return c
 
 
 def get_variants():
     return {
-        "apo_rjs": _cfg(),
-        "base_rm_rjs": _cfg(apo_weight=0.0),
-        "apo_dpo": _cfg(policy_update="dpo"),
-        "base_rm_dpo": _cfg(apo_weight=0.0, policy_update="dpo"),
-        "apo_rjs_no_human": _cfg(rank_weight=0.0),
-        "apo_rjs_diff": _cfg(form="diff"),
-        "apo_rjs_w1": _cfg(apo_weight=1.0),
-        "apo_dpo_w1": _cfg(apo_weight=1.0, policy_update="dpo"),
-        "apo_dpo_no_human": _cfg(rank_weight=0.0, policy_update="dpo"),
+        "base_rm": method("base_rm", **TUNED["base_rm"]),
+        "apo": _apo(),
+        "apo_static": _apo(apo__refresh_adversarial=False),
+        "apo_good_golden": _apo(task__golden_quality=GOOD_GOLDEN),
+        "apo_good_golden_static": _apo(task__golden_quality=GOOD_GOLDEN, apo__refresh_adversarial=False),
     }

@@ -15,6 +15,7 @@ def get_config():
     c = load_config_file(os.path.join(os.path.dirname(__file__), "dpo_synthetic.py"))
     c.algorithm = "apo"
     c.task.num_policy_prompts = 512
+    c.task.num_val_prompts = 256  # a validation split for tuning (bench/apo_tune.py); the test split reports
     c.apo.rounds = 3
     c.apo.samples_per_prompt = 4
     c.apo.rank_weight = 1.0

@@ -39,7 +39,7 @@ def test_spec_loading_errors(tmp_path):
         C.load_spec(str(bad))
 
 
-@pytest.mark.parametrize("name", ["ropo_table", "ropo_tune", "rcdpo_table", "rcdpo_scored_sft", "apo_table"])
+@pytest.mark.parametrize("name", ["ropo_table", "ropo_tune", "rcdpo_table", "rcdpo_scored_sft", "apo_table", "apo_tune"])
 def test_shipped_specs_load_and_share_one_task(name):
     import os
 
@@ -66,8 +66,11 @@ def test_specs_with_different_tasks_are_refused():
     path = os.path.join(os.path.dirname(__file__), "..", "configs", "dpo_synthetic.py")
     a, b = load_config_file(path), load_config_file(path)
     b.task.num_pair_prompts = 7
-    with pytest.raises(ValueError, match="share one task"):
+    with pytest.raises(ValueError, match="share the task section"):
         C._check_same_task({"a": a, "b": b})
+    c = load_config_file(path)  # keys that only choose how the data is used may differ
+    c.task.golden_quality, c.task.eval_split, c.task.num_policy_prompts = (0.7, 0.95), "validation", 9
+    C._check_same_task({"a": a, "c": c})
 
 
 def test_stored_runs_are_reused_only_for_the_same_config_and_commit():
@@ -139,3 +142,37 @@ def test_tabulate_only_runs_nothing_and_notes_missing_and_foreign_runs(tmp_path,
     assert out["summary"]["a"]["0.2"]["gold_reward"]["mean"] == pytest.approx(0.6)
     notes = (tmp_path / "table.md").read_text()
     assert "a flip 0.2 seed 2: not run" in notes and "seed 1: used although it was produced by commit abc" in notes
+
+
+def test_task_cache_builds_each_task_and_seed_once_and_rebuilds_unreadable_files(tmp_path, monkeypatch):
+    import os
+
+    from jaxpref.configs_base import load_config_file
+
+    cfg = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs", "dpo_synthetic.py"))
+    built = []
+
+    def fake_build(c, seed, progress=False):
+        built.append((c.task.num_pair_prompts, seed))
+        return {"pairs": c.task.num_pair_prompts, "seed": seed}
+
+    monkeypatch.setattr(C, "build_task_data", fake_build)
+    cache = str(tmp_path / "cache")
+    assert C.cached_task_data(cfg, 0, cache) == {"pairs": cfg.task.num_pair_prompts, "seed": 0}
+    assert C.cached_task_data(cfg, 0, cache) == {"pairs": cfg.task.num_pair_prompts, "seed": 0}  # read back
+    assert C.cached_task_data(cfg, 1, cache)["seed"] == 1
+    other = cfg.copy_and_resolve_references()
+    other.task.num_pair_prompts = 7
+    assert C.cached_task_data(other, 0, cache)["pairs"] == 7  # another task section is another entry
+    same_data = cfg.copy_and_resolve_references()
+    same_data.task.golden_quality, same_data.task.eval_split = (0.7, 0.95), "validation"
+    C.cached_task_data(same_data, 0, cache)  # use-only keys: the same entry
+    assert built == [(cfg.task.num_pair_prompts, 0), (cfg.task.num_pair_prompts, 1), (7, 0)]
+    (pkl,) = [f for f in os.listdir(cache) if f.endswith("seed1.pkl")]
+    with open(os.path.join(cache, pkl), "wb") as f:
+        f.write(b"truncated")
+    assert C.cached_task_data(cfg, 1, cache)["seed"] == 1
+    assert len(built) == 4
+    C.cached_task_data(cfg, 5, None)  # no cache: always built
+    C.cached_task_data(cfg, 5, None)
+    assert len(built) == 6

@@ -10,6 +10,10 @@ variant's per-seed paired differences against it, :func:`paired_differences`, go
 ``results.json``). Per seed the SFT policy and its pairs are built once and shared
 by every variant and flip rate, so differences between variants are differences between algorithms.
 
+With ``--task_cache=DIR`` the task data of each seed is also stored there (one pickle per task section and
+seed, :func:`cached_task_data`), so the parts of one comparison run as separate processes -- e.g. one per
+``--variants`` subset, side by side -- build each seed's SFT policy and pairs once between them.
+
 Each run writes ``<out>/<variant>/flip<rate>_seed<seed>/results.json``; a run whose file already exists is
 read back instead of re-run, so an interrupted comparison resumes. The top-level ``results.json`` holds every
 run and, per variant and flip rate, mean and std over seeds; ``table.md`` is the markdown table
@@ -27,7 +31,7 @@ import numpy as np
 
 from jaxpref.eval import experiment as E
 from jaxpref.eval import metrics as Me
-from jaxpref.tasks.gold import build_task_data
+from jaxpref.tasks.gold import build_task_data, task_data_key
 
 DEFAULT_METRICS = ("gold_reward", "win_rate", "clean_accuracy", "kl")
 
@@ -43,16 +47,45 @@ def load_spec(path: str):
     return module
 
 
+def cached_task_data(cfg, seed: int, cache_dir: str | None, *, progress: bool = False):
+    """:func:`jaxpref.tasks.gold.build_task_data` for ``(cfg.task, seed)``, stored under ``cache_dir`` (None: no
+    cache). The key is a hash of :func:`~jaxpref.tasks.gold.task_data_key` and the seed; an exclusive file lock makes a second process
+    wait for the first one's build instead of repeating it. A file that cannot be read back is rebuilt."""
+    if cache_dir is None:
+        return build_task_data(cfg, seed, progress=progress)
+    import fcntl
+    import hashlib
+    import pickle
+
+    os.makedirs(cache_dir, exist_ok=True)
+    key = hashlib.sha256(task_data_key(cfg).encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir, f"task_{key}_seed{seed}.pkl")
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(path):
+            try:
+                with open(path, "rb") as f:
+                    return pickle.load(f)
+            except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError) as e:
+                print(f"note: rebuilding the task data of seed {seed}: {path} could not be read ({e})", flush=True)
+        td = build_task_data(cfg, seed, progress=progress)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            pickle.dump(td, f)
+        os.replace(tmp, path)
+        return td
+
+
 def variant_config(variant, flip_rate: float):
     """A variant's config at ``flip_rate`` (a spec's variant is a ConfigDict or a function of the flip rate)."""
     return variant(flip_rate) if callable(variant) else variant
 
 
 def _check_same_task(variants: dict, flip_rates=(0.0,)) -> None:
-    tasks = {(name, rate): json.dumps(variant_config(v, rate).task.to_dict(), sort_keys=True)
-             for name, v in variants.items() for rate in flip_rates}
+    tasks = {(name, rate): task_data_key(variant_config(v, rate)) for name, v in variants.items() for rate in flip_rates}
     if len(set(tasks.values())) > 1:
-        raise ValueError("variants must share one task section to share SFT data; they differ: "
+        raise ValueError("variants must share the task section that builds the SFT data (all but "
+                         "jaxpref.tasks.gold.USE_ONLY_KEYS); they differ: "
                          f"{sorted({name for name, _ in tasks})}")
 
 
@@ -82,14 +115,15 @@ def _run_config(cfg, seed: int, rate: float):
 
 def run_comparison(variants: dict, flip_rates, seeds, out_dir: str, *, progress: bool = False,
                    metrics=DEFAULT_METRICS, title: str = "", rerun_stale: bool = False,
-                   any_commit: bool = False, baseline: str | None = None, tabulate_only: bool = False) -> dict:
+                   any_commit: bool = False, baseline: str | None = None, tabulate_only: bool = False,
+                   task_cache: str | None = None) -> dict:
     """Run every ``(variant, flip rate, seed)``; return ``{"runs": {variant: [result...]}, "summary": ...}``.
 
     A run whose ``results.json`` exists is reused only when it records the same resolved config and git commit
     (``any_commit`` skips the commit check); otherwise it is refused with a :class:`~jaxpref.errors.UserError`,
     or re-run from scratch with ``rerun_stale``. ``tabulate_only`` runs nothing: the tables are made from the stored
     runs there are (missing ones left out), and ``table.md`` lists every run left out or stored by another commit
-    or config, with the reason."""
+    or config, with the reason. ``task_cache``: a directory for :func:`cached_task_data`."""
     import shutil
 
     from jaxpref.errors import UserError
@@ -130,7 +164,7 @@ def run_comparison(variants: dict, flip_rates, seeds, out_dir: str, *, progress:
                     continue
                 if r is None:
                     if td is None:
-                        td = build_task_data(any_cfg, seed, progress=progress)
+                        td = cached_task_data(any_cfg, seed, task_cache, progress=progress)
                     r = E.run_one(cfg, td, rate, seed, workdir, progress=progress)
                 r = E.with_eval_scalars(r)
                 r["variant"] = name
@@ -300,6 +334,8 @@ def main(argv=None) -> int:
     any_commit = flags.DEFINE_bool("any_commit", False, "reuse stored runs of the same config from other commits")
     tabulate = flags.DEFINE_bool("tabulate_only", False, "run nothing: tabulate the stored runs there are, noting "
                                  "those missing or stored by another commit or config")
+    cache = flags.DEFINE_string("task_cache", None, "store each seed's task data (SFT policy, pairs) in this directory "
+                                "and reuse it: the parts of one comparison, run as separate processes, build it once")
 
     def _main(_):
         from absl import logging as absl_logging
@@ -319,7 +355,8 @@ def main(argv=None) -> int:
         seed_list = [int(s) for s in seeds.value] if seeds.value else list(getattr(spec, "SEEDS", (0, 1, 2)))
         run_comparison(variants, flip_rates, seed_list, out.value, metrics=getattr(spec, "METRICS", DEFAULT_METRICS),
                        title=getattr(spec, "TITLE", ""), rerun_stale=rerun.value, any_commit=any_commit.value,
-                       baseline=baseline if baseline in variants else None, tabulate_only=tabulate.value)
+                       baseline=baseline if baseline in variants else None, tabulate_only=tabulate.value,
+                       task_cache=cache.value)
         print(f"wrote {out.value}/results.json, table.md and plot.png")
 
     app.run(_main, argv=argv or sys.argv)

@@ -27,6 +27,18 @@ def task_from_config(cfg) -> S.GoldTask:
                       goal_tokens=t.goal_tokens, sft_goals=t.sft_goals)
 
 
+# task keys that choose how built task data is used, not what is built: variants differing only in these share it
+USE_ONLY_KEYS = ("name", "eval_split", "num_policy_prompts", "golden_quality")
+
+
+def task_data_key(cfg) -> str:
+    """The part of ``cfg.task`` that :func:`build_task_data` depends on, as canonical JSON (every key but
+    :data:`USE_ONLY_KEYS`, so a key added later counts unless it is listed there)."""
+    import json
+
+    return json.dumps({k: v for k, v in cfg.task.to_dict().items() if k not in USE_ONLY_KEYS}, sort_keys=True)
+
+
 def build_task_data(cfg, seed: int, progress: bool = False) -> S.TaskData:
     """The SFT policy, its labelled pairs, held-out prompts and clean pairs for ``seed`` (shared by flip rates)."""
     t = cfg.task
