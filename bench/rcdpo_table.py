@@ -3,7 +3,8 @@
     python -m jaxpref.eval.compare --spec=bench/rcdpo_table.py --out=docs/results/rcdpo_table
 
 Same SFT policy, pairs, model and step budget (DPO: N pairs x 4 epochs; augmented: 2N x 2; half: N x 4),
-plus the augmented set with 3x the steps, and the two halves of the augmented set as controls (N pairs x 4
+plus the augmented set with 3x the steps and at equal epochs (2N x 4 epochs, the paper's setting: twice DPO's
+steps), and the two halves of the augmented set as controls (N pairs x 4
 epochs each): only the goal = score_chosen pairs (DPO with a goal token) and only the swapped goal =
 score_rejected pairs. ``eval/rewards/chosen`` and ``eval/rewards/rejected`` are beta times the mean log-prob
 change (policy vs SFT) of the held-out clean pairs' chosen and rejected responses, unconditioned.
@@ -32,10 +33,13 @@ def get_variants():
     half.train.num_epochs = 4.0
     longer = load_config_file(os.path.join(ROOT, "rcdpo_synthetic.py"))
     longer.train.num_epochs = 6.0  # 3x the step budget: does the goal-conditioned objective only need longer?
+    equal_epochs = load_config_file(os.path.join(ROOT, "rcdpo_synthetic.py"))
+    equal_epochs.train.num_epochs = 4.0  # as many epochs over 2N pairs as DPO makes over N (the paper)
     halves = {}
     for which in ("goal_chosen", "goal_rejected"):
         c = load_config_file(os.path.join(ROOT, "rcdpo_synthetic.py"))
         c.reward_conditioned.pairs = which
         c.train.num_epochs = 4.0  # N pairs x 4 epochs: DPO's step budget
         halves[f"only_{which}"] = c
-    return {"dpo": dpo, "augmented": augmented, "augmented_half": half, "augmented_3x_steps": longer, **halves}
+    return {"dpo": dpo, "augmented": augmented, "augmented_half": half, "augmented_3x_steps": longer,
+            "augmented_equal_epochs": equal_epochs, **halves}

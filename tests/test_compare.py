@@ -39,7 +39,7 @@ def test_spec_loading_errors(tmp_path):
         C.load_spec(str(bad))
 
 
-@pytest.mark.parametrize("name", ["ropo_table", "ropo_tune", "rcdpo_table", "rcdpo_scored_sft", "apo_table", "apo_tune"])
+@pytest.mark.parametrize("name", ["ropo_table", "ropo_tune", "rcdpo_table", "rcdpo_scored_sft", "rcdpo_goal_val", "apo_table", "apo_tune"])
 def test_shipped_specs_load_and_share_one_task(name):
     import os
 
@@ -176,3 +176,23 @@ def test_task_cache_builds_each_task_and_seed_once_and_rebuilds_unreadable_files
     C.cached_task_data(cfg, 5, None)  # no cache: always built
     C.cached_task_data(cfg, 5, None)
     assert len(built) == 6
+
+
+def test_rcdpo_goal_choice_uses_validation_sweeps_only():
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "bench", "rcdpo_goal_choice.py")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rcdpo_goal_choice", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    val = {"augmented": [{"seed": s, "goal_sweep": [[8, 0.6 + s / 100], [10, 0.3]]} for s in range(3)]}
+    # on test, goal 10 would be best: the choice must still be validation's goal 8
+    test = {"augmented": [{"seed": s, "goal_sweep": [[8, 0.5 + s / 10], [10, 0.9]]} for s in range(3)],
+            "dpo": [{"flip_rate": 0.0, "seed": s, "gold_reward": 0.55} for s in range(3)]}
+    c = mod.choose_goals(val, test)["augmented"]
+    assert c["goal"] == 8
+    assert [r["gold_reward"] for r in c["test"]] == [0.5, 0.6, 0.7]
+    assert c["mean"] == pytest.approx(0.6) and c["std"] == pytest.approx(0.1)
+    assert c["paired"]["mean"] == pytest.approx(0.05) and c["paired"]["n"] == 3
