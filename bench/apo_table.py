@@ -34,7 +34,7 @@ METRICS = ("gold_reward", "rm_sample_agreement", "best_of_k_gold", "rm_accuracy"
 TITLE = "APO vs the base RM and its controls, gold-reward task (5 seeds)"
 GOOD_GOLDEN = (0.7, 0.95)
 # per method: bench/apo_tune.py, validation split
-TUNED = {"base_rm": {"update": "dpo", "rm_learning_rate": 1e-3}, "apo": {"update": "dpo", "apo_weight": 1.0}}
+TUNED = {"base_rm": {"update": "dpo", "rm_learning_rate": 1e-3}, "apo": {"update": "dpo", "apo_weight": 0.1}}
 
 
 def _apo(**overrides):

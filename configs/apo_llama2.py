@@ -8,7 +8,7 @@ golden answer (``golden`` field, e.g. GPT-4 responses), e.g.
         --config.data.train_path=/data/hh_with_golden.jsonl --config.data.eval_path=/data/hh_test_with_golden.jsonl
 
 Compiled with `python -m jaxpref.aot` (policy step / reward-model step / sampler, per chip): v5e:4x4
-8.87 / 6.68 / 14.54 GiB of 15.75, v5p:2x2x2 21.54 / 18.19 / 7.31 of 95.74 (BENCHMARKS.md).
+8.87 / 6.68 / 14.54 GiB of 15.75, v4:2x2x4 11.37 / 9.63 / 3.91 of 30.75, v5p:2x2x2 21.54 / 18.19 / 7.31 of 95.74 (BENCHMARKS.md).
 """
 
 from jaxpref.configs_base import dpo_7b_config
