@@ -167,15 +167,18 @@ def test_task_cache_builds_each_task_and_seed_once_and_rebuilds_unreadable_files
     same_data = cfg.copy_and_resolve_references()
     same_data.task.golden_quality, same_data.task.eval_split = (0.7, 0.95), "validation"
     C.cached_task_data(same_data, 0, cache)  # use-only keys: the same entry
-    assert built == [(cfg.task.num_pair_prompts, 0), (cfg.task.num_pair_prompts, 1), (7, 0)]
+    assert len(built) == 3
+    C.cached_task_data(cfg, 0, cache, code_version="other commit")  # other code: built again
+    assert len(built) == 4
+    assert built[:3] == [(cfg.task.num_pair_prompts, 0), (cfg.task.num_pair_prompts, 1), (7, 0)]
     (pkl,) = [f for f in os.listdir(cache) if f.endswith("seed1.pkl")]
     with open(os.path.join(cache, pkl), "wb") as f:
         f.write(b"truncated")
     assert C.cached_task_data(cfg, 1, cache)["seed"] == 1
-    assert len(built) == 4
+    assert len(built) == 5
     C.cached_task_data(cfg, 5, None)  # no cache: always built
     C.cached_task_data(cfg, 5, None)
-    assert len(built) == 6
+    assert len(built) == 7
 
 
 def test_rcdpo_goal_choice_uses_validation_sweeps_only():

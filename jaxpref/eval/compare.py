@@ -11,7 +11,7 @@ variant's per-seed paired differences against it, :func:`paired_differences`, go
 by every variant and flip rate, so differences between variants are differences between algorithms.
 
 With ``--task_cache=DIR`` the task data of each seed is also stored there (one pickle per task section and
-seed, :func:`cached_task_data`), so the parts of one comparison run as separate processes -- e.g. one per
+seed and code commit, :func:`cached_task_data`), so the parts of one comparison run as separate processes -- e.g. one per
 ``--variants`` subset, side by side -- build each seed's SFT policy and pairs once between them.
 
 Each run writes ``<out>/<variant>/flip<rate>_seed<seed>/results.json``; a run whose file already exists is
@@ -47,10 +47,11 @@ def load_spec(path: str):
     return module
 
 
-def cached_task_data(cfg, seed: int, cache_dir: str | None, *, progress: bool = False):
+def cached_task_data(cfg, seed: int, cache_dir: str | None, *, code_version: str = "", progress: bool = False):
     """:func:`jaxpref.tasks.gold.build_task_data` for ``(cfg.task, seed)``, stored under ``cache_dir`` (None: no
-    cache). The key is a hash of :func:`~jaxpref.tasks.gold.task_data_key` and the seed; an exclusive file lock makes a second process
-    wait for the first one's build instead of repeating it. A file that cannot be read back is rebuilt."""
+    cache). The key hashes :func:`~jaxpref.tasks.gold.task_data_key`, the seed and ``code_version`` (the git
+    commit, so data built by other code is never reused); an exclusive file lock makes a second process wait
+    for the first one's build instead of repeating it. A file that cannot be read back is rebuilt."""
     if cache_dir is None:
         return build_task_data(cfg, seed, progress=progress)
     import fcntl
@@ -58,7 +59,7 @@ def cached_task_data(cfg, seed: int, cache_dir: str | None, *, progress: bool = 
     import pickle
 
     os.makedirs(cache_dir, exist_ok=True)
-    key = hashlib.sha256(task_data_key(cfg).encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{task_data_key(cfg)}|{code_version}".encode()).hexdigest()[:16]
     path = os.path.join(cache_dir, f"task_{key}_seed{seed}.pkl")
     with open(path + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -132,7 +133,9 @@ def run_comparison(variants: dict, flip_rates, seeds, out_dir: str, *, progress:
     if baseline is not None and baseline not in variants:
         raise UserError(f"BASELINE {baseline!r} is not a variant of this spec; it has {sorted(variants)}.")
     any_cfg = variant_config(next(iter(variants.values())), flip_rates[0])
-    commit = None if any_commit else (_config_record(any_cfg)["git_commit"] or None)
+    record = _config_record(any_cfg)
+    commit = None if any_commit else (record["git_commit"] or None)
+    code_version = record["git_commit"] + ("+dirty" if record["git_dirty"] else "")
     _check_same_task(variants, flip_rates)
     os.makedirs(out_dir, exist_ok=True)
     runs: dict[str, list[dict]] = {name: [] for name in variants}
@@ -164,7 +167,7 @@ def run_comparison(variants: dict, flip_rates, seeds, out_dir: str, *, progress:
                     continue
                 if r is None:
                     if td is None:
-                        td = cached_task_data(any_cfg, seed, task_cache, progress=progress)
+                        td = cached_task_data(any_cfg, seed, task_cache, code_version=code_version, progress=progress)
                     r = E.run_one(cfg, td, rate, seed, workdir, progress=progress)
                 r = E.with_eval_scalars(r)
                 r["variant"] = name
