@@ -25,6 +25,10 @@ def test_aggregation_tables_and_plots(tmp_path):
     assert "rm_accuracy" not in rounds["a"]["0.2"]["2"]
     rt = C.markdown_round_table(rounds)
     assert "| a | 0.2 | 1 | 0.500 ± 0.141 | 0.700 ± 0.141 |" in rt and "| a | 0.2 | 2 | 0.600 ± 0.141 | – |" in rt
+    one_seed = {"a": E.aggregate(_runs()[:1])}
+    assert one_seed["a"]["0.2"]["gold_reward"]["n"] == 1
+    assert "| a | 0.2 | 0.500 | – |" in C.markdown_table(one_seed, ("gold_reward", "kl"))  # no "± 0.000"
+    assert "| a | 0.2 | 1 | 0.400 | 0.600 |" in C.markdown_round_table({"a": C.aggregate_rounds(_runs()[:1])})
     C.plot_comparison(summary, ("gold_reward",), str(tmp_path / "p.png"), "t")
     C.plot_rounds(rounds, str(tmp_path / "r.png"), "t")
     assert (tmp_path / "p.png").stat().st_size > 5000 and (tmp_path / "r.png").stat().st_size > 5000

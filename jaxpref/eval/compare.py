@@ -251,7 +251,7 @@ def aggregate_rounds(runs: list[dict]) -> dict:
                 for k, v in rec.items():
                     if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "round":
                         by_round.setdefault(key, {}).setdefault(k, []).append(float(v))
-        out[str(rate)] = {rnd: {k: dict(zip(("mean", "std"), Me.mean_std(v))) for k, v in ms.items()}
+        out[str(rate)] = {rnd: {k: {**dict(zip(("mean", "std"), Me.mean_std(v))), "n": len(v)} for k, v in ms.items()}
                           for rnd, ms in by_round.items()}
     return out
 
@@ -266,7 +266,7 @@ def markdown_round_table(per_round: dict) -> str:
     for name, per_rate in per_round.items():
         for rate, rounds in per_rate.items():
             for rnd, stats in rounds.items():
-                cells = [f"{stats[m]['mean']:.3f} ± {stats[m]['std']:.3f}" if m in stats else "–" for m in present]
+                cells = [_cell(stats.get(m)) for m in present]
                 lines.append(f"| {name} | {float(rate):g} | {rnd} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -283,12 +283,22 @@ def plot_rounds(per_round: dict, path: str, title: str) -> None:
     _plot_panels(path, f"{title}, per round" if title else "per round", present, series, "round", integer_x=True)
 
 
+def _cell(stats: dict | None) -> str:
+    """``mean ± std`` of one table cell; the mean alone for a single seed (no sample std); ``–`` if absent."""
+    if stats is None:
+        return "–"
+    if stats.get("n", 2) == 1:
+        return f"{stats['mean']:.3f}"
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+
+
 def markdown_table(summary: dict, metrics) -> str:
-    """Rows = (variant, flip rate), columns = metrics as ``mean ± std`` over seeds."""
+    """Rows = (variant, flip rate), columns = metrics as ``mean ± std`` over seeds (the mean alone for one seed,
+    which has no sample std)."""
     lines = ["| variant | flip rate | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
     for name, per_rate in summary.items():
         for rate, stats in per_rate.items():
-            cells = [f"{stats[m]['mean']:.3f} ± {stats[m]['std']:.3f}" if m in stats else "–" for m in metrics]
+            cells = [_cell(stats.get(m)) for m in metrics]
             lines.append(f"| {name} | {float(rate):g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

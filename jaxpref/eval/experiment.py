@@ -44,12 +44,13 @@ def with_eval_scalars(result: dict) -> dict:
 
 
 def aggregate(runs: list[dict]) -> dict:
-    """Per flip rate: mean and sample std over seeds of every scalar metric present."""
+    """Per flip rate: mean, sample std and number ``n`` of seeds of every scalar metric present."""
     out = {}
     for rate in sorted({r["flip_rate"] for r in runs}):
         group = [r for r in runs if r["flip_rate"] == rate]
         keys = sorted({k for r in group for k, v in r.items() if isinstance(v, (int, float)) and k not in ("seed",)})
-        out[str(rate)] = {k: dict(zip(("mean", "std"), Me.mean_std([r[k] for r in group if k in r]))) for k in keys}
+        values = {k: [r[k] for r in group if k in r] for k in keys}
+        out[str(rate)] = {k: {**dict(zip(("mean", "std"), Me.mean_std(v))), "n": len(v)} for k, v in values.items()}
         out[str(rate)]["seeds"] = [r["seed"] for r in group]
     return out
 
