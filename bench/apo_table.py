@@ -14,7 +14,9 @@ the controls take APO's.
   the extra golden answers without the game;
 * ``apo_good_golden``: golden answers that are good, not optimal (each ideal token kept with probability
   0.7-0.95 per prompt), as a stronger model's answers are;
-* ``apo_good_golden_static``: both.
+* ``apo_w1``, ``apo_w1_static``: the ablation of a heavier adversarial term (c_apo 1.0 instead of the tuned 0.1),
+  with and without refreshed adversarial pairs -- where the term has an effect, the static control asks whether
+  the game causes it.
 
 The main RM metric is ``rm_sample_agreement``: how often the RM orders two of the policy's own K samples as the
 gold reward does (what best-of-K and the policy's DPO pairs rely on); ``best_of_k_gold`` is the gold reward of
@@ -51,5 +53,6 @@ def get_variants():
         "apo": _apo(),
         "apo_static": _apo(apo__refresh_adversarial=False),
         "apo_good_golden": _apo(task__golden_quality=GOOD_GOLDEN),
-        "apo_good_golden_static": _apo(task__golden_quality=GOOD_GOLDEN, apo__refresh_adversarial=False),
+        "apo_w1": _apo(apo__apo_weight=1.0),
+        "apo_w1_static": _apo(apo__apo_weight=1.0, apo__refresh_adversarial=False),
     }
