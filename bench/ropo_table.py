@@ -12,7 +12,16 @@ same grid (``TUNED``); the controls take ROPO's.
 * ``ropo``: ``configs/ropo_synthetic.py`` (2 theta-steps of 1 epoch, rho = 0.2, alpha = 14, rejection sampling);
 * ``ropo_loss_only``: ROPO's loss on ROPO's schedule without filtering (rho = 0): the noise-tolerance claim;
 * ``dpo_ropo_schedule``: the DPO loss on ROPO's schedule without filtering: what the loop alone costs;
-* ``ropo_no_rs``: ROPO without rejection sampling (discarded pairs are just dropped).
+* ``ropo_no_rs``: ROPO without rejection sampling (discarded pairs are just dropped);
+* ``ropo_dpo_filter``: ROPO with the pairs to discard ranked by their DPO loss instead of ROPO's.
+
+Every arm runs at 20% flips. At 0% and 40% (the paper's claim is that ROPO's advantage grows with the
+noise rate) the runs are ``--variants=dpo,ropo`` (plus rDPO and cDPO at 40%; at 0% cDPO is DPO exactly):
+
+    python -m jaxpref.eval.compare --spec=bench/ropo_table.py --out=docs/results/ropo_table \
+        --flip_rates=0.0,0.4 --variants=dpo,ropo
+
+``table.md`` lists every (arm, flip rate, seed) not run.
 """
 
 import os
@@ -21,7 +30,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ropo_tune import method  # noqa: E402
 
-FLIP_RATES = (0.2,)
+FLIP_RATES = (0.0, 0.2, 0.4)
 SEEDS = (0, 1, 2, 3, 4)
 BASELINE = "dpo"
 METRICS = ("gold_reward", "win_rate", "clean_accuracy", "kl", "flag_precision", "flag_recall", "flag_auroc")
@@ -43,4 +52,5 @@ def get_variants():
     out["dpo_ropo_schedule"] = lambda rate: _ropo(rate, filter_ratio=0.0, rejection_sampling=False, train_loss="dpo",
                                                   filter_loss="dpo")
     out["ropo_no_rs"] = lambda rate: _ropo(rate, rejection_sampling=False)
+    out["ropo_dpo_filter"] = lambda rate: _ropo(rate, filter_loss="dpo")
     return out
