@@ -6,8 +6,10 @@ Same SFT policy, pairs, model and step budget (DPO: N pairs x 4 epochs; augmente
 plus the augmented set with 3x the steps and at equal epochs (2N x 4 epochs, the paper's setting: twice DPO's
 steps), and the two halves of the augmented set as controls (N pairs x 4
 epochs each): only the goal = score_chosen pairs (DPO with a goal token) and only the swapped goal =
-score_rejected pairs. ``eval/rewards/chosen`` and ``eval/rewards/rejected`` are beta times the mean log-prob
-change (policy vs SFT) of the held-out clean pairs' chosen and rejected responses, unconditioned.
+score_rejected pairs. Every variant uses the untuned task and method defaults (random goal tokens in SFT,
+inference at goal 10), not the validation-chosen recipe ``configs/rcdpo_synthetic.py`` ships (goal-aware SFT,
+goal 8: ``bench/rcdpo_scored_sft.py`` and ``bench/rcdpo_goal_val.py``). ``eval/rewards/chosen`` and
+``eval/rewards/rejected`` are beta times the mean log-prob change (policy vs SFT) of the held-out clean pairs' chosen and rejected responses, unconditioned.
 """
 
 import os
@@ -23,21 +25,27 @@ METRICS = ("gold_reward", "gold_reward_unconditioned", "win_rate", "clean_accura
 TITLE = "reward-conditioned DPO on the gold-reward task (5 seeds)"
 
 
+def _config():
+    c = load_config_file(os.path.join(ROOT, "rcdpo_synthetic.py"))
+    c.task.sft_goals, c.reward_conditioned.inference_goal = "random", None  # the defaults, before tuning
+    return c
+
+
 def get_variants():
-    dpo = load_config_file(os.path.join(ROOT, "rcdpo_synthetic.py"))
+    dpo = _config()
     dpo.algorithm = "dpo"
     dpo.train.num_epochs = 4.0
-    augmented = load_config_file(os.path.join(ROOT, "rcdpo_synthetic.py"))
-    half = load_config_file(os.path.join(ROOT, "rcdpo_synthetic.py"))
+    augmented = _config()
+    half = _config()
     half.reward_conditioned.half = True
     half.train.num_epochs = 4.0
-    longer = load_config_file(os.path.join(ROOT, "rcdpo_synthetic.py"))
+    longer = _config()
     longer.train.num_epochs = 6.0  # 3x the step budget: does the goal-conditioned objective only need longer?
-    equal_epochs = load_config_file(os.path.join(ROOT, "rcdpo_synthetic.py"))
+    equal_epochs = _config()
     equal_epochs.train.num_epochs = 4.0  # as many epochs over 2N pairs as DPO makes over N (the paper)
     halves = {}
     for which in ("goal_chosen", "goal_rejected"):
-        c = load_config_file(os.path.join(ROOT, "rcdpo_synthetic.py"))
+        c = _config()
         c.reward_conditioned.pairs = which
         c.train.num_epochs = 4.0  # N pairs x 4 epochs: DPO's step budget
         halves[f"only_{which}"] = c
