@@ -20,10 +20,11 @@ import os
 import numpy as np
 
 
-def load_margins(runs_dir: str, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
-    """``(u, flipped, loss, aurocs)`` pooled over every seed's first w-step of ``variant``."""
+def load_margins(runs_dir: str, variant: str, flip_rate: str = "*") -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
+    """``(u, flipped, loss, aurocs)`` pooled over every seed's first w-step of ``variant`` at ``flip_rate`` (the
+    run directories' spelling, e.g. ``0.4``; ``*`` pools every rate)."""
     us, flips, losses, aurocs = [], [], [], []
-    for path in sorted(glob.glob(os.path.join(runs_dir, variant, "*", "round_0", "round.json"))):
+    for path in sorted(glob.glob(os.path.join(runs_dir, variant, f"flip{flip_rate}_seed*", "round_0", "round.json"))):
         with open(path) as f:
             record = json.load(f)
         if record.get("flipped") is None or "margins" not in record:
@@ -33,7 +34,7 @@ def load_margins(runs_dir: str, variant: str) -> tuple[np.ndarray, np.ndarray, n
         losses.append(np.asarray(record["losses"]))
         aurocs.append(record.get("flag_auroc", float("nan")))
     if not us:
-        raise SystemExit(f"no round_0/round.json with margins under {os.path.join(runs_dir, variant)}")
+        raise SystemExit(f"no flip{flip_rate}_seed*/round_0/round.json with margins under {os.path.join(runs_dir, variant)}")
     return np.concatenate(us), np.concatenate(flips), np.concatenate(losses), aurocs
 
 
@@ -41,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", required=True, help="a comparison's output directory")
     parser.add_argument("--variants", default="ropo,dpo_ropo_schedule", help="comma-separated variants")
+    parser.add_argument("--flip_rate", default="*", help="only the runs at this flip rate, e.g. 0.4 (default: all)")
     parser.add_argument("--out", required=True, help="PNG to write")
     args = parser.parse_args()
 
@@ -58,12 +60,13 @@ def main() -> None:
     edge = float(below.max()) if below.size else float("nan")
     fig, axes = plt.subplots(1, len(variants), figsize=(5 * len(variants), 3.6), squeeze=False)
     for ax, variant in zip(axes[0], variants):
-        u, flipped, loss, aurocs = load_margins(args.runs, variant)
+        u, flipped, loss, aurocs = load_margins(args.runs, variant, args.flip_rate)
         bins = np.linspace(np.quantile(u, 0.005), np.quantile(u, 0.995), 60)
         ax.hist(u[~flipped], bins=bins, alpha=0.6, density=True, label=f"clean ({(~flipped).sum()})")
         ax.hist(u[flipped], bins=bins, alpha=0.6, density=True, label=f"flipped ({flipped.sum()})")
         ax.axvspan(bins[0], min(edge, bins[-1]), color="grey", alpha=0.15, label=f"ROPO damps (u < {edge:.2f})")
-        ax.set_title(f"{variant}: u = beta * Delta at the w-step")
+        rate = "" if args.flip_rate == "*" else f", {float(args.flip_rate):.0%} flips"
+        ax.set_title(f"{variant}{rate}: u at the w-step")
         ax.set_xlabel("u")
         ax.legend(fontsize=7)
         print(f"{variant}: {len(aurocs)} seeds; flipped with u < {edge:.2f}: {np.mean(u[flipped] < edge):.3f} "
