@@ -9,12 +9,13 @@ epochs each): only the goal = score_chosen pairs (DPO with a goal token) and onl
 score_rejected pairs. Every variant uses the untuned task and method defaults (random goal tokens in SFT,
 inference at goal 10), not the validation-chosen recipe ``configs/rcdpo_synthetic.py`` ships (goal-aware SFT,
 goal 8: ``bench/rcdpo_scored_sft.py`` and ``bench/rcdpo_goal_val.py``). ``eval/rewards/chosen`` and
-``eval/rewards/rejected`` are beta times the mean log-prob change (policy vs SFT) of the held-out clean pairs' chosen and rejected responses, unconditioned.
+``eval/rewards/rejected`` are beta times the mean log-prob change (policy vs SFT) of the held-out clean pairs'
+chosen and rejected responses, unconditioned.
 """
 
 import os
 
-from jaxpref.configs_base import load_config_file
+from jaxpref.configs_base import gold_task_config, load_config_file, reward_conditioned_config
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs")
 FLIP_RATES = (0.0,)
@@ -26,8 +27,10 @@ TITLE = "reward-conditioned DPO on the gold-reward task (5 seeds)"
 
 
 def _config():
+    """``configs/rcdpo_synthetic.py`` with the two keys tuned on validation back at their declared defaults."""
     c = load_config_file(os.path.join(ROOT, "rcdpo_synthetic.py"))
-    c.task.sft_goals, c.reward_conditioned.inference_goal = "random", None  # the defaults, before tuning
+    c.task.sft_goals = gold_task_config().sft_goals
+    c.reward_conditioned.inference_goal = reward_conditioned_config().inference_goal
     return c
 
 

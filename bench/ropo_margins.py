@@ -20,7 +20,8 @@ import os
 import numpy as np
 
 
-def load_margins(runs_dir: str, variant: str, flip_rate: str = "*") -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
+def load_margins(runs_dir: str, variant: str,
+                 flip_rate: str = "*") -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
     """``(u, flipped, loss, aurocs)`` pooled over every seed's first w-step of ``variant`` at ``flip_rate`` (the
     run directories' spelling, e.g. ``0.4``; ``*`` pools every rate)."""
     us, flips, losses, aurocs = [], [], [], []
@@ -34,7 +35,8 @@ def load_margins(runs_dir: str, variant: str, flip_rate: str = "*") -> tuple[np.
         losses.append(np.asarray(record["losses"]))
         aurocs.append(record.get("flag_auroc", float("nan")))
     if not us:
-        raise SystemExit(f"no flip{flip_rate}_seed*/round_0/round.json with margins under {os.path.join(runs_dir, variant)}")
+        raise SystemExit(f"no flip{flip_rate}_seed*/round_0/round.json with margins under "
+                         f"{os.path.join(runs_dir, variant)}")
     return np.concatenate(us), np.concatenate(flips), np.concatenate(losses), aurocs
 
 

@@ -15,8 +15,8 @@ same grid (``TUNED``); the controls take ROPO's.
 * ``ropo_no_rs``: ROPO without rejection sampling (discarded pairs are just dropped);
 * ``ropo_dpo_filter``: ROPO with the pairs to discard ranked by their DPO loss instead of ROPO's.
 
-Every arm runs at 20% flips. At 0% and 40% (the paper's claim is that ROPO's advantage grows with the
-noise rate) the runs are ``--variants=dpo,ropo`` (plus rDPO and cDPO at 40%; at 0% cDPO is DPO exactly):
+Every arm but ``ropo_dpo_filter`` (not run yet) has run at 20% flips. At 0% and 40% (the paper's claim is that
+ROPO's advantage grows with the noise rate) DPO and ROPO have, and ``dpo_ropo_schedule`` at 40%, seed 0:
 
     python -m jaxpref.eval.compare --spec=bench/ropo_table.py --out=docs/results/ropo_table \
         --flip_rates=0.0,0.4 --variants=dpo,ropo
