@@ -164,9 +164,7 @@ def test_sft_goals_by_score_carry_each_responses_own_rank_scaled_reward():
     assert 60 < with_goal < 140
 
 
-@pytest.mark.parametrize("pairs", ["both", "goal_rejected"])
-def test_the_trainer_sees_each_pair_under_both_goals_with_the_goal_matching_response_chosen(tmp_path, monkeypatch,
-                                                                                           pairs):
+def test_the_trainer_sees_each_pair_under_both_goals_with_the_goal_matching_response_chosen(tmp_path, monkeypatch):
     """End to end on the gold-reward task: the tokenized pairs reaching the trainer are, per original pair, the goal
     token of the chosen response's score before the prompt with the original order, and the goal token of the
     rejected response's score with the responses swapped. Scores are recomputed here by brute-force rank (mean rank
@@ -176,7 +174,6 @@ def test_the_trainer_sees_each_pair_under_both_goals_with_the_goal_matching_resp
     from jaxpref.tasks import gold
 
     cfg = _smoke_cfg()
-    cfg.reward_conditioned.pairs = pairs
     td = gold.build_task_data(cfg, 0)
     cfg.train.num_steps = 1  # the data is what is under test: one step is enough to run the rest
     seen = []
@@ -197,8 +194,7 @@ def test_the_trainer_sees_each_pair_under_both_goals_with_the_goal_matching_resp
     ids = lambda text: [int(t) for t in text.split()]  # noqa: E731 -- the task's integer tokenizer
     expected = {}
     for i, r in enumerate(rows):
-        if "w" in {"both": "wl", "goal_rejected": "l"}[pairs]:
-            expected[f"{r['id']}/w"] = (task.goal_token(score[i]), ids(r["chosen"]), ids(r["rejected"]))
+        expected[f"{r['id']}/w"] = (task.goal_token(score[i]), ids(r["chosen"]), ids(r["rejected"]))
         expected[f"{r['id']}/l"] = (task.goal_token(score[n + i]), ids(r["rejected"]), ids(r["chosen"]))
     got = {p.id: p for p in trainer.pairs}
     assert set(got) == set(expected)
@@ -209,5 +205,3 @@ def test_the_trainer_sees_each_pair_under_both_goals_with_the_goal_matching_resp
         assert goal_id in prompt[:2] and prompt.count(goal_id) == 1, (pid, prompt)
         assert [int(t) for t in p.chosen_ids if int(t) != eos] == chosen, pid
         assert [int(t) for t in p.rejected_ids if int(t) != eos] == rejected, pid
-    # the goals follow the gold reward: a better response never gets a lower goal
-    assert all(score[i] >= score[n + i] for i, r in enumerate(rows) if r["score_chosen"] >= r["score_rejected"])
