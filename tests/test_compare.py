@@ -108,6 +108,12 @@ def test_paired_differences_by_hand():
     assert "base" not in paired
     table = C.markdown_paired_table(paired, ("g",))
     assert f"| other | 0.2 | {mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] |" in table
+    # one seed has no interval (its mean alone); an undefined metric (NaN, e.g. precision of an empty filter) is "–"
+    one = C.paired_differences({"base": base[:1], "other": [dict(other[1], p=float("nan"))]}, "base", ("g", "p"))
+    one["other"]["0.2"]["p"] = dict(one["other"]["0.2"]["g"], mean=float("nan"))
+    assert "| other | 0.2 | +0.100 | – |" in C.markdown_paired_table(one, ("g", "p"))
+    assert C._cell({"mean": float("nan"), "std": float("nan"), "n": 3}) == "–"
+    assert C._cell({"mean": 0.25, "std": 0.5, "n": 3}) == "0.250 ± 0.500"
 
 
 def test_variants_may_depend_on_the_flip_rate():

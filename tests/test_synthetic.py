@@ -79,6 +79,9 @@ def test_metric_functions_hand_computed():
     assert Me.win_rate([1, 0.5, 0.2, 0.0], [0.5, 0.5, 0.3, -1]) == pytest.approx((1 + 0.5 + 0 + 1) / 4)
     pr = Me.flag_precision_recall(["a", "b", "c", "d"], ["b", "d", "e"])
     assert pr["flag_precision"] == 0.5 and pr["flag_recall"] == pytest.approx(2 / 3)
+    nothing_flagged, nothing_flipped = Me.flag_precision_recall([], ["b"]), Me.flag_precision_recall(["a"], [])
+    assert np.isnan(nothing_flagged["flag_precision"]) and nothing_flagged["flag_recall"] == 0.0
+    assert nothing_flipped["flag_precision"] == 0.0 and np.isnan(nothing_flipped["flag_recall"])
     assert Me.mean_std([1.0, 2.0, 3.0]) == pytest.approx((2.0, np.std([1, 2, 3], ddof=1)))  # sample std
     with pytest.raises(ValueError):
         Me.win_rate([1.0], [1.0, 2.0])

@@ -229,12 +229,18 @@ def paired_differences(runs: dict, baseline: str, metrics, confidence: float = 0
 
 
 def markdown_paired_table(paired: dict, metrics) -> str:
-    """Rows = (variant, flip rate), columns = metrics as ``mean [lo, hi]`` of the paired differences."""
+    """Rows = (variant, flip rate), columns = metrics as ``mean [lo, hi]`` of the paired differences (the mean
+    alone for one seed, which has no interval; ``–`` where absent or undefined)."""
+
+    def cell(d):
+        if d is None or np.isnan(d["mean"]):
+            return "–"
+        return f"{d['mean']:+.3f}" if d["n"] < 2 else f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+
     lines = ["| variant − baseline | flip rate | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
     for name, per_rate in paired.items():
         for rate, stats in per_rate.items():
-            cells = [f"{stats[m]['mean']:+.3f} [{stats[m]['lo']:+.3f}, {stats[m]['hi']:+.3f}]" if m in stats else "–"
-                     for m in metrics]
+            cells = [cell(stats.get(m)) for m in metrics]
             lines.append(f"| {name} | {float(rate):g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -284,8 +290,9 @@ def plot_rounds(per_round: dict, path: str, title: str) -> None:
 
 
 def _cell(stats: dict | None) -> str:
-    """``mean ± std`` of one table cell; the mean alone for a single seed (no sample std); ``–`` if absent."""
-    if stats is None:
+    """``mean ± std`` of one table cell; the mean alone for a single seed (no sample std); ``–`` if absent or
+    undefined (NaN, e.g. a filter's precision when it flagged nothing)."""
+    if stats is None or np.isnan(stats["mean"]):
         return "–"
     if stats.get("n", 2) == 1:
         return f"{stats['mean']:.3f}"

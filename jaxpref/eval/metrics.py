@@ -45,11 +45,12 @@ def response_logprobs(model, params, prompts_with_bos: Sequence[Sequence[int]],
 
 
 def flag_precision_recall(flagged_ids: Iterable[str], flipped_ids: Iterable[str]) -> dict:
-    """Precision = flipped among flagged; recall = flagged among flipped (1.0 when the set is empty)."""
+    """Precision = flipped among flagged; recall = flagged among flipped. Each is NaN when its denominator is
+    empty (nothing flagged, e.g. a filter ratio of 0; nothing flipped, e.g. clean data): undefined, not 0 or 1."""
     flagged, flipped = set(flagged_ids), set(flipped_ids)
     hit = len(flagged & flipped)
-    return {"flag_precision": hit / len(flagged) if flagged else 1.0,
-            "flag_recall": hit / len(flipped) if flipped else 1.0,
+    return {"flag_precision": hit / len(flagged) if flagged else float("nan"),
+            "flag_recall": hit / len(flipped) if flipped else float("nan"),
             "num_flagged": len(flagged), "num_flipped": len(flipped)}
 
 
