@@ -13,13 +13,16 @@ same grid (``TUNED``); the controls take ROPO's.
 * ``ropo_loss_only``: ROPO's loss on ROPO's schedule without filtering (rho = 0): the noise-tolerance claim;
 * ``dpo_ropo_schedule``: the DPO loss on ROPO's schedule without filtering: what the loop alone costs;
 * ``ropo_no_rs``: ROPO without rejection sampling (discarded pairs are just dropped);
-* ``ropo_dpo_filter``: ROPO with the pairs to discard ranked by their DPO loss instead of ROPO's.
+* ``ropo_dpo_filter``: ROPO with the pairs to discard ranked by their DPO loss instead of ROPO's;
+* ``dpo_beta1``: DPO at ROPO's beta = 1 on DPO's own schedule (its grid point lr 1e-3): whether a result is
+  ROPO's loss or beta = 1.
 
-Every arm but ``ropo_dpo_filter`` (not run yet) has run at 20% flips. At 0% and 40% (the paper's claim is that
-ROPO's advantage grows with the noise rate) DPO and ROPO have, and ``dpo_ropo_schedule`` at 40%, seed 0:
+What has run (5 seeds each): every arm but ``ropo_dpo_filter`` and ``dpo_beta1`` at 20% flips; DPO and ROPO at 0%
+(with epsilon = 0 cDPO is DPO and rDPO is DPO at beta 1); every arm but ``ropo_no_rs`` and
+``ropo_dpo_filter`` at 40%. ``ropo_dpo_filter`` has not run. In parts, e.g.:
 
     python -m jaxpref.eval.compare --spec=bench/ropo_table.py --out=docs/results/ropo_table \
-        --flip_rates=0.0,0.4 --variants=dpo,ropo
+        --flip_rates=0.4 --variants=cdpo,rdpo --task_cache=/tmp/task_cache
 
 ``table.md`` lists every (arm, flip rate, seed) not run.
 """
@@ -53,4 +56,6 @@ def get_variants():
                                                   filter_loss="dpo")
     out["ropo_no_rs"] = lambda rate: _ropo(rate, rejection_sampling=False)
     out["ropo_dpo_filter"] = lambda rate: _ropo(rate, filter_loss="dpo")
+    # DPO at ROPO's beta (its own grid point lr 1e-3, beta 1, DPO's schedule): is a result ROPO's loss, or beta = 1?
+    out["dpo_beta1"] = lambda rate: method("dpo", rate, 1e-3, 1.0)
     return out
