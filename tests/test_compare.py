@@ -116,6 +116,19 @@ def test_paired_differences_by_hand():
     assert C._cell({"mean": 0.25, "std": 0.5, "n": 3}) == "0.250 ± 0.500"
 
 
+def test_runs_on_other_task_data_than_the_baseline_are_noted():
+    """A seed's SFT policy is evaluated once; a run whose value differs from that of the baseline run it is paired
+    with (same flip rate and seed: made on another machine) is named; runs on the same data, or with no baseline
+    run to pair with, are not."""
+    base = [{"flip_rate": 0.4, "seed": 0, "sft_gold_reward": 0.31}, {"flip_rate": 0.0, "seed": 0, "sft_gold_reward": 0.32},
+            {"flip_rate": 0.4, "seed": 1, "sft_gold_reward": 0.29}]
+    other = [{"flip_rate": 0.4, "seed": 0, "sft_gold_reward": 0.32}, {"flip_rate": 0.0, "seed": 0, "sft_gold_reward": 0.32},
+             {"flip_rate": 0.4, "seed": 1, "sft_gold_reward": 0.29}, {"flip_rate": 0.4, "seed": 2, "sft_gold_reward": 0.5}]
+    notes = C.unpaired_task_data({"base": base, "other": other}, "base")
+    assert notes == ["other flip 0.4 seed 0: not paired on the baseline's task data (sft_gold_reward 0.32000, the "
+                     "baseline's 0.31000)"]
+
+
 def test_variants_may_depend_on_the_flip_rate():
     import os
 

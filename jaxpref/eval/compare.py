@@ -178,6 +178,7 @@ def run_comparison(variants: dict, flip_rates, seeds, out_dir: str, *, progress:
     per_round = {name: aggregate_rounds(rs) for name, rs in runs.items()}
     per_round = {k: v for k, v in per_round.items() if v}
     paired = paired_differences(runs, baseline, metrics) if baseline else {}
+    notes += unpaired_task_data(runs, baseline) if baseline else []
     result = {"variants": {n: {str(rate): json.loads(variant_config(v, rate).to_json_best_effort()) for rate in flip_rates}
                            for n, v in variants.items()},
               "flip_rates": list(flip_rates), "seeds": list(seeds), "runs": runs, "summary": summary,
@@ -226,6 +227,22 @@ def paired_differences(runs: dict, baseline: str, metrics, confidence: float = 0
                                                          "lo": float(mean - half), "hi": float(mean + half), "n": int(d.size)}
         out[name] = per_rate
     return out
+
+
+def unpaired_task_data(runs: dict, baseline: str, key: str = "sft_gold_reward") -> list[str]:
+    """Notes for the runs whose task data differs from the baseline run they are paired with (same flip rate and
+    seed), so that their paired difference is not paired on one SFT policy: each seed's SFT policy is evaluated
+    once (``key``), and runs on the same task data record the same value exactly; runs stored by another machine
+    or code may not (floating-point results differ between machines)."""
+    base = {(r["flip_rate"], r["seed"]): r[key] for r in runs.get(baseline, []) if isinstance(r.get(key), (int, float))}
+    notes = []
+    for name, rs in runs.items():
+        for r in rs:
+            b = base.get((r["flip_rate"], r["seed"]))
+            if name != baseline and b is not None and isinstance(r.get(key), (int, float)) and r[key] != b:
+                notes.append(f"{name} flip {r['flip_rate']} seed {r['seed']}: not paired on the baseline's task data "
+                             f"({key} {r[key]:.5f}, the baseline's {b:.5f})")
+    return notes
 
 
 def markdown_paired_table(paired: dict, metrics) -> str:
