@@ -109,8 +109,8 @@ def test_paired_differences_by_hand():
     table = C.markdown_paired_table(paired, ("g",))
     assert f"| other | 0.2 | {mean:+.3f} [{mean - half:+.3f}, {mean + half:+.3f}] |" in table
     # one seed has no interval (its mean alone); an undefined metric (NaN, e.g. precision of an empty filter) is "–"
-    one = C.paired_differences({"base": base[:1], "other": [dict(other[1], p=float("nan"))]}, "base", ("g", "p"))
-    one["other"]["0.2"]["p"] = dict(one["other"]["0.2"]["g"], mean=float("nan"))
+    one = C.paired_differences({"base": base[:1], "other": other[1:2]}, "base", ("g",))
+    one["other"]["0.2"]["p"] = {"mean": float("nan"), "n": 1}
     assert "| other | 0.2 | +0.100 | – |" in C.markdown_paired_table(one, ("g", "p"))
     assert C._cell({"mean": float("nan"), "std": float("nan"), "n": 3}) == "–"
     assert C._cell({"mean": 0.25, "std": 0.5, "n": 3}) == "0.250 ± 0.500"
